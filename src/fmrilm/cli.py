@@ -1,0 +1,247 @@
+"""Command line: ``fmrilm data import|simulate|info|split``. Parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fmrilm.errors import FmrilmError
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N (e.g. 0/4), got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {value!r}")
+    return i, n
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return v
+
+
+def _fractions(value: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"--fractions needs three numbers like 0.7,0.1,0.2, got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fmrilm import __version__
+
+    p = argparse.ArgumentParser(prog="fmrilm", description="fMRI + language foundation model toolkit")
+    p.add_argument("--version", action="version", version=f"fmrilm {__version__}")
+    sub = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="import, simulate and inspect cohorts")
+    dsub = data.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    imp = dsub.add_parser(
+        "import",
+        help="import fMRI into a cohort folder",
+        description=(
+            "SOURCE is builtin:hcp, builtin:gw, a BIDS/fMRIPrep folder, a 4D NIfTI, a CIFTI "
+            ".dtseries.nii, or a folder/file of ROI time series (.npy, .csv, .tsv, .h5, .mat)."
+        ),
+    )
+    imp.add_argument("source")
+    imp.add_argument("--out", required=True, type=Path, help="cohort folder to create (or extend)")
+    imp.add_argument("--atlas", help="aal3 (default for volumes), aal, hcpex, a label image, or a ROI table")
+    imp.add_argument("--atlas-labels", help="label table (value name) for an --atlas label image")
+    imp.add_argument("--roi-table", help="ROI table (name, x, y, z[, network]) for ROI files with unknown names")
+    imp.add_argument("--tr", type=_positive, help="repetition time in seconds (when the source lacks it)")
+    imp.add_argument("--phenotypes", help="phenotype table (participant_id + columns) for ROI files")
+    imp.add_argument("--key", dest="array_key", help="dataset key inside .h5/.mat files")
+    imp.add_argument("--site", default="", help="site label for all imported scans")
+    _add_preprocess_args(imp)
+    mode = imp.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true", help="add scans to an existing cohort")
+    mode.add_argument("--resume", action="store_true", help="skip scans already stored (after an interruption)")
+    imp.add_argument("--jobs", type=int, default=1, help="parallel workers (default 1)")
+    imp.add_argument("--shard", type=_shard, help="process only part I of N of the runs (for schedulers)")
+    _add_split_args(imp)
+
+    sim = dsub.add_parser("simulate", help="generate a cohort with known ground truth")
+    sim.add_argument("--out", required=True, type=Path)
+    sim.add_argument("--subjects", type=int, default=200)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--preset", default="default", help="simulation preset (default, easy, hard)")
+    sim.add_argument("--tasks", type=int, default=3, help="task runs per subject besides rest (0-4)")
+    sim.add_argument("--jobs", type=int, default=1)
+    _add_preprocess_args(sim, sim_defaults=True)
+    _add_split_args(sim)
+
+    info = dsub.add_parser("info", help="summarise a cohort folder")
+    info.add_argument("cohort", type=Path)
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    spl = dsub.add_parser("split", help="(re)assign subject-disjoint train/val/test splits")
+    spl.add_argument("cohort", type=Path)
+    _add_split_args(spl)
+    spl.add_argument("--reassign", action="store_true", help="re-split every subject (breaks earlier models' splits)")
+    return p
+
+
+def _add_preprocess_args(p: argparse.ArgumentParser, sim_defaults: bool = False) -> None:
+    g = p.add_argument_group("preprocessing")
+    g.add_argument("--no-detrend", dest="detrend", action="store_false")
+    g.add_argument("--high-pass", type=float, default=0.008, help="Hz; 0 disables (default 0.008)")
+    g.add_argument("--low-pass", type=float, default=0.0, help="Hz; 0 disables (default)")
+    g.add_argument("--target-tr", type=float, default=0.0, help="resample to this TR in s; 0 keeps each scan's TR")
+    g.add_argument("--scaling", choices=("robust", "zscore", "none"), default="robust")
+    g.add_argument("--min-frames", type=int, default=20)
+
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("splits")
+    g.add_argument("--fractions", type=_fractions, default=(0.7, 0.1, 0.2), help="train,val,test (default 0.7,0.1,0.2)")
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--stratify", help="subject-level column to balance across splits")
+    g.add_argument("--site-disjoint", action="store_true", help="keep whole sites in one split")
+
+
+def _preprocess_config(args: argparse.Namespace):
+    from fmrilm.data.preprocess import PreprocessConfig
+
+    return PreprocessConfig(
+        detrend=args.detrend,
+        high_pass=args.high_pass or None,
+        low_pass=args.low_pass or None,
+        target_tr=args.target_tr or None,
+        scaling=args.scaling,
+        min_frames=args.min_frames,
+    )
+
+
+def _split(root: Path, args: argparse.Namespace, reassign: bool = False) -> None:
+    from fmrilm.data.cohort import Cohort
+    from fmrilm.data.splits import assign_splits
+
+    cohort = Cohort(root)
+    splits = assign_splits(
+        cohort.manifest,
+        fractions=args.fractions,
+        seed=args.split_seed,
+        stratify=args.stratify,
+        by="site" if args.site_disjoint else "subject",
+        only_unassigned=not reassign,
+    )
+    cohort.set_splits(splits)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from fmrilm.data.ingest import ImportOptions, import_source
+
+    if args.jobs < 1:
+        raise FmrilmError(f"--jobs must be at least 1, got {args.jobs}")
+    options = ImportOptions(
+        atlas=args.atlas,
+        atlas_labels=args.atlas_labels,
+        roi_table=args.roi_table,
+        tr=args.tr,
+        phenotypes=args.phenotypes,
+        array_key=args.array_key,
+        site=args.site,
+    )
+    mode = "append" if args.append else "resume" if args.resume else "create"
+    report = import_source(
+        args.source, args.out, options=options, config=_preprocess_config(args), mode=mode, jobs=args.jobs, shard=args.shard
+    )
+    _split(args.out, args)
+    print(f"imported {report['added']} scans ({report['skipped']} already stored) into {args.out} in {report['seconds']} s")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fmrilm.data.simulate import SimulationConfig, simulate_cohort
+
+    config = SimulationConfig.preset(args.preset, n_subjects=args.subjects, seed=args.seed, n_tasks=args.tasks)
+    report = simulate_cohort(args.out, config, preprocess=_preprocess_config(args), jobs=args.jobs)
+    _split(args.out, args)
+    print(
+        f"simulated {report['subjects']} subjects / {report['scans']} scans into {args.out} "
+        f"in {report['seconds']} s"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from fmrilm.data.cohort import Cohort
+
+    summary = Cohort(args.cohort).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    _split(args.cohort, args, reassign=args.reassign)
+    from fmrilm.data.cohort import Cohort
+
+    splits = Cohort(args.cohort).summary()["splits"]
+    print("splits: " + ", ".join(f"{k}={v['subjects']} subjects/{v['scans']} scans" for k, v in splits.items()))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"cohort     {s['path']}  ({s['size_gb']} GB float32)",
+        f"subjects   {s['subjects']}    scans {s['scans']}    sites {', '.join(s['sites']) or '-'}",
+        "atlases    " + ", ".join(f"{a} ({n} ROIs)" for a, n in s["atlases"].items()),
+        "TR (s)     " + ", ".join(f"{t:g}" for t in s["tr_seconds"]),
+        f"frames     min {s['frames']['min']}  median {s['frames']['median']:g}  max {s['frames']['max']}",
+        "paradigms  " + ", ".join(f"{p['task']} ({p['paradigm']}): {p['scans']}" for p in s["paradigms"]),
+        "splits     " + (", ".join(f"{k or 'unassigned'}: {v['subjects']} subj / {v['scans']} scans" for k, v in s["splits"].items()) or "-"),
+    ]
+    if s["labels"]:
+        lines.append("labels")
+        for name, lab in s["labels"].items():
+            if lab["type"] == "numeric":
+                lines.append(f"  {name:<20} numeric  n={lab['n']} mean={lab['mean']} sd={lab['std']} range=[{lab['min']}, {lab['max']}]")
+            else:
+                counts = ", ".join(f"{k}: {v}" for k, v in list(lab["counts"].items())[:8])
+                lines.append(f"  {name:<20} {counts}")
+    pre = s["preprocessing"]
+    lines.append("preprocess " + ", ".join(f"{k}={v}" for k, v in pre.items()))
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    ("data", "import"): cmd_import,
+    ("data", "simulate"): cmd_simulate,
+    ("data", "info"): cmd_info,
+    ("data", "split"): cmd_split,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[(args.group, args.command)](args)
+    except FmrilmError as exc:
+        print(f"fmrilm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmrilm: interrupted; completed work is saved (re-run with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
