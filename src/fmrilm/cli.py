@@ -14,7 +14,9 @@ def _shard(value: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in value.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like I/N (e.g. 0/4), got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--shard must look like I/N (e.g. 0/4), got {value!r}"
+        ) from None
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {value!r}")
     return i, n
@@ -36,14 +38,18 @@ def _fractions(value: str) -> tuple[float, float, float]:
     except ValueError:
         parts = ()
     if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"--fractions needs three numbers like 0.7,0.1,0.2, got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"--fractions needs three numbers like 0.7,0.1,0.2, got {value!r}"
+        )
     return parts  # type: ignore[return-value]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fmrilm import __version__
 
-    p = argparse.ArgumentParser(prog="fmrilm", description="fMRI + language foundation model toolkit")
+    p = argparse.ArgumentParser(
+        prog="fmrilm", description="fMRI + language foundation model toolkit"
+    )
     p.add_argument("--version", action="version", version=f"fmrilm {__version__}")
     sub = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
@@ -60,19 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("source")
     imp.add_argument("--out", required=True, type=Path, help="cohort folder to create (or extend)")
-    imp.add_argument("--atlas", help="aal3 (default for volumes), aal, hcpex, a label image, or a ROI table")
+    imp.add_argument(
+        "--atlas", help="aal3 (default for volumes), aal, hcpex, a label image, or a ROI table"
+    )
     imp.add_argument("--atlas-labels", help="label table (value name) for an --atlas label image")
-    imp.add_argument("--roi-table", help="ROI table (name, x, y, z[, network]) for ROI files with unknown names")
-    imp.add_argument("--tr", type=_positive, help="repetition time in seconds (when the source lacks it)")
-    imp.add_argument("--phenotypes", help="phenotype table (participant_id + columns) for ROI files")
+    imp.add_argument(
+        "--roi-table", help="ROI table (name, x, y, z[, network]) for ROI files with unknown names"
+    )
+    imp.add_argument(
+        "--tr", type=_positive, help="repetition time in seconds (when the source lacks it)"
+    )
+    imp.add_argument(
+        "--phenotypes", help="phenotype table (participant_id + columns) for ROI files"
+    )
     imp.add_argument("--key", dest="array_key", help="dataset key inside .h5/.mat files")
     imp.add_argument("--site", default="", help="site label for all imported scans")
     _add_preprocess_args(imp)
     mode = imp.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add scans to an existing cohort")
-    mode.add_argument("--resume", action="store_true", help="skip scans already stored (after an interruption)")
+    mode.add_argument(
+        "--resume", action="store_true", help="skip scans already stored (after an interruption)"
+    )
     imp.add_argument("--jobs", type=int, default=1, help="parallel workers (default 1)")
-    imp.add_argument("--shard", type=_shard, help="process only part I of N of the runs (for schedulers)")
+    imp.add_argument(
+        "--shard", type=_shard, help="process only part I of N of the runs (for schedulers)"
+    )
     _add_split_args(imp)
 
     sim = dsub.add_parser("simulate", help="generate a cohort with known ground truth")
@@ -80,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--subjects", type=int, default=200)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--preset", default="default", help="simulation preset (default, easy, hard)")
-    sim.add_argument("--tasks", type=int, default=3, help="task runs per subject besides rest (0-4)")
+    sim.add_argument(
+        "--tasks", type=int, default=3, help="task runs per subject besides rest (0-4)"
+    )
     sim.add_argument("--jobs", type=int, default=1)
     _add_preprocess_args(sim, sim_defaults=True)
     _add_split_args(sim)
@@ -92,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     spl = dsub.add_parser("split", help="(re)assign subject-disjoint train/val/test splits")
     spl.add_argument("cohort", type=Path)
     _add_split_args(spl)
-    spl.add_argument("--reassign", action="store_true", help="re-split every subject (breaks earlier models' splits)")
+    spl.add_argument(
+        "--reassign",
+        action="store_true",
+        help="re-split every subject (breaks earlier models' splits)",
+    )
     return p
 
 
@@ -101,14 +125,24 @@ def _add_preprocess_args(p: argparse.ArgumentParser, sim_defaults: bool = False)
     g.add_argument("--no-detrend", dest="detrend", action="store_false")
     g.add_argument("--high-pass", type=float, default=0.008, help="Hz; 0 disables (default 0.008)")
     g.add_argument("--low-pass", type=float, default=0.0, help="Hz; 0 disables (default)")
-    g.add_argument("--target-tr", type=float, default=0.0, help="resample to this TR in s; 0 keeps each scan's TR")
+    g.add_argument(
+        "--target-tr",
+        type=float,
+        default=0.0,
+        help="resample to this TR in s; 0 keeps each scan's TR",
+    )
     g.add_argument("--scaling", choices=("robust", "zscore", "none"), default="robust")
     g.add_argument("--min-frames", type=int, default=20)
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("splits")
-    g.add_argument("--fractions", type=_fractions, default=(0.7, 0.1, 0.2), help="train,val,test (default 0.7,0.1,0.2)")
+    g.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=(0.7, 0.1, 0.2),
+        help="train,val,test (default 0.7,0.1,0.2)",
+    )
     g.add_argument("--split-seed", type=int, default=0)
     g.add_argument("--stratify", help="subject-level column to balance across splits")
     g.add_argument("--site-disjoint", action="store_true", help="keep whole sites in one split")
@@ -159,18 +193,32 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     mode = "append" if args.append else "resume" if args.resume else "create"
     report = import_source(
-        args.source, args.out, options=options, config=_preprocess_config(args), mode=mode, jobs=args.jobs, shard=args.shard
+        args.source,
+        args.out,
+        options=options,
+        config=_preprocess_config(args),
+        mode=mode,
+        jobs=args.jobs,
+        shard=args.shard,
     )
     _split(args.out, args)
-    print(f"imported {report['added']} scans ({report['skipped']} already stored) into {args.out} in {report['seconds']} s")
+    print(
+        f"imported {report['added']} scans ({report['skipped']} already stored) into {args.out} in {report['seconds']} s"
+    )
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fmrilm.data.simulate import SimulationConfig, simulate_cohort
 
-    config = SimulationConfig.preset(args.preset, n_subjects=args.subjects, seed=args.seed, n_tasks=args.tasks)
-    report = simulate_cohort(args.out, config, preprocess=_preprocess_config(args), jobs=args.jobs)
+    config = SimulationConfig.preset(
+        args.preset, n_subjects=args.subjects, seed=args.seed, n_tasks=args.tasks
+    )
+    report = simulate_cohort(
+        args.out, config, preprocess_config=_preprocess_config(args), jobs=args.jobs
+    )
+    if args.stratify is None:
+        args.stratify = "diagnosis"
     _split(args.out, args)
     print(
         f"simulated {report['subjects']} subjects / {report['scans']} scans into {args.out} "
@@ -195,7 +243,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     from fmrilm.data.cohort import Cohort
 
     splits = Cohort(args.cohort).summary()["splits"]
-    print("splits: " + ", ".join(f"{k}={v['subjects']} subjects/{v['scans']} scans" for k, v in splits.items()))
+    print(
+        "splits: "
+        + ", ".join(f"{k}={v['subjects']} subjects/{v['scans']} scans" for k, v in splits.items())
+    )
     return 0
 
 
@@ -206,14 +257,24 @@ def format_summary(s: dict) -> str:
         "atlases    " + ", ".join(f"{a} ({n} ROIs)" for a, n in s["atlases"].items()),
         "TR (s)     " + ", ".join(f"{t:g}" for t in s["tr_seconds"]),
         f"frames     min {s['frames']['min']}  median {s['frames']['median']:g}  max {s['frames']['max']}",
-        "paradigms  " + ", ".join(f"{p['task']} ({p['paradigm']}): {p['scans']}" for p in s["paradigms"]),
-        "splits     " + (", ".join(f"{k or 'unassigned'}: {v['subjects']} subj / {v['scans']} scans" for k, v in s["splits"].items()) or "-"),
+        "paradigms  "
+        + ", ".join(f"{p['task']} ({p['paradigm']}): {p['scans']}" for p in s["paradigms"]),
+        "splits     "
+        + (
+            ", ".join(
+                f"{k or 'unassigned'}: {v['subjects']} subj / {v['scans']} scans"
+                for k, v in s["splits"].items()
+            )
+            or "-"
+        ),
     ]
     if s["labels"]:
         lines.append("labels")
         for name, lab in s["labels"].items():
             if lab["type"] == "numeric":
-                lines.append(f"  {name:<20} numeric  n={lab['n']} mean={lab['mean']} sd={lab['std']} range=[{lab['min']}, {lab['max']}]")
+                lines.append(
+                    f"  {name:<20} numeric  n={lab['n']} mean={lab['mean']} sd={lab['std']} range=[{lab['min']}, {lab['max']}]"
+                )
             else:
                 counts = ", ".join(f"{k}: {v}" for k, v in list(lab["counts"].items())[:8])
                 lines.append(f"  {name:<20} {counts}")
@@ -239,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fmrilm: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fmrilm: interrupted; completed work is saved (re-run with --resume to continue)", file=sys.stderr)
+        print(
+            "fmrilm: interrupted; completed work is saved (re-run with --resume to continue)",
+            file=sys.stderr,
+        )
         return 130
 
 

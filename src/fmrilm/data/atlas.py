@@ -227,7 +227,12 @@ def _coord_atlas(key: str) -> Atlas:
         b = datasets.fetch_coords_power_2011()
         rois = pd.DataFrame(b.rois)
         df = pd.DataFrame(
-            {"name": [f"Power_{int(i):03d}" for i in rois["roi"]], "x": rois["x"], "y": rois["y"], "z": rois["z"]}
+            {
+                "name": [f"Power_{int(i):03d}" for i in rois["roi"]],
+                "x": rois["x"],
+                "y": rois["y"],
+                "z": rois["z"],
+            }
         )
     elif key == "dosenbach160":
         b = datasets.fetch_coords_dosenbach_2010()
@@ -239,7 +244,12 @@ def _coord_atlas(key: str) -> Atlas:
         b = datasets.fetch_coords_seitzman_2018()
         rois = pd.DataFrame(b.rois)
         df = pd.DataFrame(
-            {"name": [f"Seitzman_{i + 1:03d}" for i in range(len(rois))], "x": rois["x"], "y": rois["y"], "z": rois["z"]}
+            {
+                "name": [f"Seitzman_{i + 1:03d}" for i in range(len(rois))],
+                "x": rois["x"],
+                "y": rois["y"],
+                "z": rois["z"],
+            }
         )
         df["network"] = [str(n) for n in b.networks]
     return Atlas(key, df)
@@ -287,7 +297,9 @@ def _centroids(image: str) -> dict[int, tuple[float, float, float]]:
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise FmrilmError(f"atlas image {image}: expected a 3-D label image, got shape {data.shape}")
+        raise FmrilmError(
+            f"atlas image {image}: expected a 3-D label image, got shape {data.shape}"
+        )
     labels = np.rint(data).astype(np.int64)
     values = np.unique(labels)
     values = values[values != 0]
@@ -310,7 +322,9 @@ def _read_label_table(path: Path) -> list[tuple[int, str]]:
         except ValueError:
             if lineno == 1:
                 continue  # header
-            raise FmrilmError(f"atlas label table {path}, line {lineno}: expected 'value name'") from None
+            raise FmrilmError(
+                f"atlas label table {path}, line {lineno}: expected 'value name'"
+            ) from None
     if not rows:
         raise FmrilmError(f"atlas label table {path}: no 'value name' rows")
     return rows

@@ -52,7 +52,9 @@ class PreprocessConfig:
             if v is not None and not v > 0:
                 raise FmrilmError(f"{name} must be positive or None, got {v}")
         if self.high_pass and self.low_pass and self.high_pass >= self.low_pass:
-            raise FmrilmError(f"high_pass ({self.high_pass} Hz) must be below low_pass ({self.low_pass} Hz)")
+            raise FmrilmError(
+                f"high_pass ({self.high_pass} Hz) must be below low_pass ({self.low_pass} Hz)"
+            )
         if self.min_frames < 2:
             raise FmrilmError(f"min_frames must be at least 2, got {self.min_frames}")
 
@@ -64,7 +66,9 @@ class PreprocessConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise FmrilmError(f"unknown preprocessing settings {sorted(unknown)}; known: {sorted(known)}")
+            raise FmrilmError(
+                f"unknown preprocessing settings {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**d)
 
 
@@ -126,7 +130,9 @@ def resample(data: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
     if abs(tr - target_tr) < 1e-9:
         return data
     ratio = Fraction(tr / target_tr).limit_denominator(1000)
-    out = resample_poly(data.astype(np.float64), ratio.numerator, ratio.denominator, axis=0, padtype="line")
+    out = resample_poly(
+        data.astype(np.float64), ratio.numerator, ratio.denominator, axis=0, padtype="line"
+    )
     n_out = int(np.floor(data.shape[0] * tr / target_tr + 1e-6))
     return out[:n_out].astype(np.float32)
 
@@ -162,7 +168,13 @@ def preprocess(
 
     if tr is None or not tr > 0:
         raise FmrilmError(f"{what}: unknown TR; pass --tr SECONDS")
-    raw = check_series(data, what=what, n_rois=len(roi_names) if roi_names else None, min_frames=2, roi_names=roi_names)
+    raw = check_series(
+        data,
+        what=what,
+        n_rois=len(roi_names) if roi_names else None,
+        min_frames=2,
+        roi_names=roi_names,
+    )
     qc = {"tsnr": tsnr(raw)}
     x = clean(raw, tr, config, confounds=confounds, sample_mask=sample_mask)
     out_tr = tr

@@ -72,9 +72,13 @@ class Scan:
         if not self.subject:
             raise FmrilmError("a scan needs a subject id")
         if self.paradigm not in ("rest", "task"):
-            raise FmrilmError(f"scan {self.scan_id}: paradigm must be 'rest' or 'task', got {self.paradigm!r}")
+            raise FmrilmError(
+                f"scan {self.scan_id}: paradigm must be 'rest' or 'task', got {self.paradigm!r}"
+            )
         if self.tr is not None and not (math.isfinite(self.tr) and self.tr > 0):
-            raise FmrilmError(f"scan {self.scan_id}: TR must be a positive number of seconds, got {self.tr}")
+            raise FmrilmError(
+                f"scan {self.scan_id}: TR must be a positive number of seconds, got {self.tr}"
+            )
         if self.events is not None:
             missing = [c for c in EVENT_COLUMNS if c not in self.events.columns]
             if missing:

