@@ -20,6 +20,7 @@ unreferenced shard, which the next writer deletes.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ BASE_COLUMNS = (
     "qc_fd_mean",
 )
 _DTYPE = np.dtype("<f4")
+_SHARD_FILE = re.compile(r"\.?shard-\d{6}\.f32(\.tmp)?")
 
 
 def _now() -> str:
@@ -151,7 +153,13 @@ class Cohort:
             try:
                 self._shards[shard] = np.memmap(path, dtype=_DTYPE, mode="r")
             except FileNotFoundError:
-                raise FmrilmError(f"{self.root}: shard {shard} referenced by the manifest is missing") from None
+                raise FmrilmError(
+                    f"{self.root}: shard {shard} referenced by the manifest is missing"
+                ) from None
+            except ValueError as exc:  # numpy refuses an empty file or a size not a multiple of 4
+                raise FmrilmError(
+                    f"{self.root}: shard {shard} is truncated or corrupt ({exc})"
+                ) from None
         t, r, off = int(row["n_frames"]), int(row["n_rois"]), int(row["offset"])
         flat = self._shards[shard]
         if off + t * r > flat.size:
@@ -161,7 +169,11 @@ class Cohort:
     def events(self, scan_id: str) -> pd.DataFrame | None:
         if self._events is None:
             path = self.root / "events.parquet"
-            self._events = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["scan_id", *EVENT_COLUMNS])
+            self._events = (
+                pd.read_parquet(path)
+                if path.exists()
+                else pd.DataFrame(columns=["scan_id", *EVENT_COLUMNS])
+            )
         ev = self._events[self._events["scan_id"] == scan_id]
         return None if ev.empty else ev[list(EVENT_COLUMNS)].reset_index(drop=True)
 
@@ -228,7 +240,10 @@ class Cohort:
                     "max": _py(v.max()) if v.size else None,
                 }
             else:
-                labels[col] = {"type": "categorical", "counts": values.astype(str).value_counts().to_dict()}
+                labels[col] = {
+                    "type": "categorical",
+                    "counts": values.astype(str).value_counts().to_dict(),
+                }
         return {
             "path": str(self.root),
             "cohort_id": self.meta["cohort_id"],
@@ -237,9 +252,20 @@ class Cohort:
             "sites": sorted(m["site"].unique().tolist()),
             "atlases": {a: int(n) for a, n in m.groupby("atlas")["n_rois"].first().items()},
             "tr_seconds": sorted(float(t) for t in m["tr"].unique()),
-            "frames": {"min": int(m["n_frames"].min()), "median": float(m["n_frames"].median()), "max": int(m["n_frames"].max())},
-            "paradigms": m.groupby(["paradigm", "task"]).size().rename("scans").reset_index().to_dict("records"),
-            "splits": {s: {"subjects": int(g["subject"].nunique()), "scans": len(g)} for s, g in m.groupby("split")},
+            "frames": {
+                "min": int(m["n_frames"].min()),
+                "median": float(m["n_frames"].median()),
+                "max": int(m["n_frames"].max()),
+            },
+            "paradigms": m.groupby(["paradigm", "task"])
+            .size()
+            .rename("scans")
+            .reset_index()
+            .to_dict("records"),
+            "splits": {
+                s: {"subjects": int(g["subject"].nunique()), "scans": len(g)}
+                for s, g in m.groupby("split")
+            },
             "labels": labels,
             "preprocessing": self.preprocessing,
             "size_gb": round(float((m["n_frames"] * m["n_rois"]).sum()) * 4 / 1e9, 3),
@@ -285,7 +311,11 @@ class CohortWriter:
         exists = (self.root / "cohort.json").exists()
         if exists:
             if mode == "create":
-                n = len(pd.read_parquet(self.root / "manifest.parquet")) if (self.root / "manifest.parquet").exists() else 0
+                n = (
+                    len(pd.read_parquet(self.root / "manifest.parquet"))
+                    if (self.root / "manifest.parquet").exists()
+                    else 0
+                )
                 raise FmrilmError(
                     f"{self.root} already holds a cohort ({n} scans); pass --append to add scans, "
                     "--resume to finish an interrupted import, or choose another --out"
@@ -297,12 +327,26 @@ class CohortWriter:
                     f"{_diff(self.meta.get('preprocessing', {}), self.preprocessing)}; append only data "
                     "processed the same way, or write to another --out"
                 )
-            self.manifest = pd.read_parquet(self.root / "manifest.parquet")
+            path = self.root / "manifest.parquet"
+            # no manifest: the first commit crashed after cohort.json, so nothing was committed
+            self.manifest = (
+                pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(BASE_COLUMNS))
+            )
             ev = self.root / "events.parquet"
             self.events = pd.read_parquet(ev) if ev.exists() else None
+            if (
+                self.events is not None
+            ):  # drop events of scans whose commit never reached the manifest
+                self.events = self.events[self.events["scan_id"].isin(self.manifest["scan_id"])]
         else:
-            if self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
-                raise FmrilmError(f"{self.root} is not empty and holds no cohort; choose an empty or new --out")
+            if self.root.exists() and any(
+                p
+                for p in self.root.iterdir()
+                if not p.name.startswith(".") and not _is_uncommitted_skeleton(p)
+            ):
+                raise FmrilmError(
+                    f"{self.root} is not empty and holds no cohort; choose an empty or new --out"
+                )
             self.meta = {
                 "format": FORMAT_NAME,
                 "version": FORMAT_VERSION,
@@ -319,7 +363,9 @@ class CohortWriter:
         (self.root / "atlases").mkdir(parents=True, exist_ok=True)
         self._clean_orphans()
         self._known_ids = set(self.manifest["scan_id"])
-        self._atlas_sizes = {a: int(n) for a, n in self.manifest.groupby("atlas")["n_rois"].first().items()}
+        self._atlas_sizes = {
+            a: int(n) for a, n in self.manifest.groupby("atlas")["n_rois"].first().items()
+        }
         self._rows: list[dict[str, Any]] = []
         self._new_events: list[pd.DataFrame] = []
         self._fh = None
@@ -345,14 +391,17 @@ class CohortWriter:
         path = self.root / "atlases" / f"{atlas.name}.tsv"
         if path.exists():
             stored = Atlas.from_table(path, name=atlas.name)
-            same = stored.names == atlas.names and np.allclose(stored.coords, atlas.coords, atol=1e-3)
+            same = stored.names == atlas.names and np.allclose(
+                stored.coords, atlas.coords, atol=1e-3
+            )
             if not same:
                 raise FmrilmError(
                     f"{self.root} already has an atlas named {atlas.name!r} with different ROIs; "
                     "rename the atlas or use another --out"
                 )
-            return
-        atlas.to_tsv(path)
+        else:
+            atlas.to_tsv(path)
+        # also when the table exists: it may come from a writer that crashed before committing scans
         self._atlas_sizes.setdefault(atlas.name, len(atlas))
 
     def has(self, scan_id: str) -> bool:
@@ -423,19 +472,27 @@ class CohortWriter:
             self._shard_tmp.rename(self.root / "arrays" / self._shard_name)
         if not self._rows and (self.root / "cohort.json").exists():
             return
-        new = pd.DataFrame(self._rows)
+        new = pd.DataFrame(self._rows) if self._rows else pd.DataFrame(columns=list(BASE_COLUMNS))
         for col in new.columns:
             if col in BASE_COLUMNS:
                 continue
-            kind = "numeric" if pd.api.types.is_numeric_dtype(new[col].dropna().infer_objects()) else "categorical"
+            kind = (
+                "numeric"
+                if pd.api.types.is_numeric_dtype(new[col].dropna().infer_objects())
+                else "categorical"
+            )
             previous = self.meta["phenotypes"].get(col)
             if previous == "numeric" and kind == "categorical":
-                raise FmrilmError(f"phenotype {col!r} is numeric in the cohort but not in the new scans")
+                raise FmrilmError(
+                    f"phenotype {col!r} is numeric in the cohort but not in the new scans"
+                )
             self.meta["phenotypes"].setdefault(col, kind)
         manifest = pd.concat([self.manifest, new], ignore_index=True) if len(self.manifest) else new
         manifest = _normalise_manifest(manifest, self.meta["phenotypes"])
         if self._new_events:
-            events = pd.concat([e for e in [self.events, *self._new_events] if e is not None], ignore_index=True)
+            events = pd.concat(
+                [e for e in [self.events, *self._new_events] if e is not None], ignore_index=True
+            )
             write_parquet(self.root / "events.parquet", events)
             self.events = events
         self.meta["updated"] = _now()
@@ -461,7 +518,9 @@ class CohortWriter:
     # -- internals -----------------------------------------------------------------------
     def _write_array(self, data: np.ndarray) -> None:
         if self._fh is None:
-            taken = set(self.manifest["shard"]) | {p.name for p in (self.root / "arrays").glob("shard-*.f32")}
+            taken = set(self.manifest["shard"]) | {
+                p.name for p in (self.root / "arrays").glob("shard-*.f32")
+            }
             n = 0
             while f"shard-{n:06d}.f32" in taken:
                 n += 1
@@ -481,7 +540,19 @@ class CohortWriter:
 
 
 def _normalise_manifest(m: pd.DataFrame, phenotypes: dict[str, str]) -> pd.DataFrame:
-    for col in ("scan_id", "subject", "session", "run", "site", "paradigm", "task", "atlas", "shard", "split", "source"):
+    for col in (
+        "scan_id",
+        "subject",
+        "session",
+        "run",
+        "site",
+        "paradigm",
+        "task",
+        "atlas",
+        "shard",
+        "split",
+        "source",
+    ):
         m[col] = m[col].fillna("").astype(str)
     for col in ("n_frames", "n_rois", "offset"):
         m[col] = m[col].astype(np.int64)
@@ -494,6 +565,15 @@ def _normalise_manifest(m: pd.DataFrame, phenotypes: dict[str, str]) -> pd.DataF
             m[col] = m[col].astype(object).where(m[col].notna(), None)
             m[col] = m[col].map(lambda v: None if v is None else str(v))
     return m
+
+
+def _is_uncommitted_skeleton(path: Path) -> bool:
+    """``arrays/`` or ``atlases/`` as a writer leaves them when it dies before its first commit."""
+    if path.name == "arrays" and path.is_dir():
+        return all(_SHARD_FILE.fullmatch(p.name) for p in path.iterdir())
+    if path.name == "atlases" and path.is_dir():
+        return all(p.suffix in (".tsv", ".tmp") for p in path.iterdir())
+    return False
 
 
 def _diff(a: dict, b: dict) -> str:

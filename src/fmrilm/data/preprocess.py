@@ -73,12 +73,15 @@ class PreprocessConfig:
 
 
 def tsnr(data: np.ndarray) -> float:
-    """Median over ROIs of temporal SNR (mean / std over time) of the raw signal.
+    """Median over ROIs of temporal SNR: raw mean / sd of the linearly detrended raw signal.
 
+    Detrending first keeps slow scanner drift from counting as noise (the usual definition).
     Only meaningful on raw scanner units (a demeaned signal has tSNR ~ 0); returns NaN then.
     """
+    from scipy.signal import detrend
+
     mean = data.mean(axis=0)
-    std = data.std(axis=0)
+    std = detrend(data, axis=0, type="linear").std(axis=0)
     if np.median(np.abs(mean)) < 1e-6 * (np.median(std) + 1e-12):
         return float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -176,11 +179,18 @@ def preprocess(
         roi_names=roi_names,
     )
     qc = {"tsnr": tsnr(raw)}
+    # refuse short scans before filtering: the Butterworth filter itself fails on them
+    n_kept = raw.shape[0] if sample_mask is None else len(sample_mask)
+    out_tr = config.target_tr or tr
+    n_out = int(np.floor(n_kept * tr / out_tr + 1e-6))
+    if n_out < config.min_frames:
+        raise FmrilmError(
+            f"{what}: only {n_out} frames at TR {out_tr:g} s, fewer than the minimum of "
+            f"{config.min_frames} (preprocess.min_frames)"
+        )
     x = clean(raw, tr, config, confounds=confounds, sample_mask=sample_mask)
-    out_tr = tr
     if config.target_tr is not None:
         x = resample(x, tr, config.target_tr)
-        out_tr = config.target_tr
     if x.shape[0] < config.min_frames:
         raise FmrilmError(
             f"{what}: only {x.shape[0]} frames at TR {out_tr:g} s, fewer than the minimum of "

@@ -8,7 +8,7 @@ Generative model (one subject ``s``, one scan; shapes in comments)::
   subjects (80 cortical AAL2 regions): every simulated brain starts from real FC;
 * ``z_t`` (n_rois) and ``g_jt`` (n_components) are independent Gaussian processes whose power
   spectrum (in Hz, so any TR works) is the mean spectrum of the real HCP series;
-* ``v_j`` are unit-norm spatial patterns over large-scale networks (default mode, somatomotor,
+* ``v_j`` are spatial patterns over large-scale networks (default mode, somatomotor,
   frontoparietal, salience, visual, default+salience coupling);
 * ``a_s = base + B y_s + tau * u_s`` are the subject's component amplitudes: a linear function of
   the subject's labels ``y_s`` (sex, age, fluid intelligence, diagnosis) plus subject-specific
@@ -174,7 +174,7 @@ DEFAULT_TASKS = (
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to simulate. ``effect_scale`` multiplies every label effect (presets: easy=2, hard=0.5)."""
+    """What to simulate. ``effect_scale`` multiplies every label effect (presets: easy=1.6, hard=0.5)."""
 
     n_subjects: int = 200
     seed: int = 0
@@ -182,6 +182,7 @@ class SimulationConfig:
     task_seconds: float = 216.0
     effect_scale: float = 1.0
     subject_sd: float = 0.2  # tau: subject-specific amplitude variation
+    pattern_loading: float = 0.35  # component loading on each ROI of its networks
     diagnosis_probs: tuple[float, float, float] = (0.6, 0.2, 0.2)
     components: tuple[Component, ...] = DEFAULT_COMPONENTS
     sites: tuple[Site, ...] = DEFAULT_SITES
@@ -199,7 +200,7 @@ class SimulationConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SimulationConfig:
-        presets = {"default": 1.0, "easy": 2.0, "hard": 0.5}
+        presets = {"default": 1.0, "easy": 1.6, "hard": 0.5}
         if name not in presets:
             raise FmrilmError(f"unknown simulation preset {name!r}; choose from {sorted(presets)}")
         return cls(effect_scale=presets[name], **overrides)
@@ -345,7 +346,11 @@ def oracle_predict(config: SimulationConfig, a: np.ndarray) -> pd.DataFrame:
 
 
 def network_patterns(config: SimulationConfig, atlas: Atlas) -> np.ndarray:
-    """Unit-norm spatial patterns, shape (n_rois, n_components)."""
+    """Spatial patterns, shape (n_rois, n_components): ``pattern_loading`` on the network's ROIs.
+
+    A fixed loading per ROI (rather than unit-norm patterns) keeps the variance a component adds
+    to each ROI independent of how many ROIs its network has.
+    """
     nets = np.array(atlas.networks)
     V = np.zeros((len(atlas), len(config.components)))
     for j, comp in enumerate(config.components):
@@ -354,8 +359,7 @@ def network_patterns(config: SimulationConfig, atlas: Atlas) -> np.ndarray:
             raise FmrilmError(
                 f"component {comp.name}: atlas {atlas.name} has no ROI in {comp.networks}"
             )
-        V[mask, j] = 1.0
-        V[:, j] /= np.linalg.norm(V[:, j])
+        V[mask, j] = config.pattern_loading
     return V
 
 

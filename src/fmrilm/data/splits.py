@@ -25,18 +25,30 @@ def assign_splits(
     Every scan of a group gets the same split, so no subject (or site) is in two splits.
     Stratification balances the subject-level ``stratify`` column (categorical, or numeric cut
     into quintiles) across splits. With ``only_unassigned`` existing assignments are kept and
-    only new groups are assigned: re-splitting would move subjects a trained model has seen into
-    the test set.
+    only new groups are assigned (a new scan of an assigned group joins that group's split):
+    re-splitting would move subjects a trained model has seen into the test set.
     """
     if by not in ("subject", "site"):
         raise FmrilmError(f"split unit must be 'subject' or 'site', got {by!r}")
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
-        raise FmrilmError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise FmrilmError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}"
+        )
     if manifest.empty:
         raise FmrilmError("cannot split an empty cohort")
-    current = manifest["split"].fillna("").astype(str) if "split" in manifest else pd.Series("", index=manifest.index)
+    current = (
+        manifest["split"].fillna("").astype(str)
+        if "split" in manifest
+        else pd.Series("", index=manifest.index)
+    )
     out = current.copy() if only_unassigned else pd.Series("", index=manifest.index)
+    # a new scan of an already-assigned group (another session) joins that group's split
+    assigned = out != ""
+    known = pd.Series(out[assigned].to_numpy(), index=manifest.loc[assigned, by].to_numpy())
+    known = known[~known.index.duplicated()]
+    inherit = ~assigned & manifest[by].isin(known.index)
+    out.loc[inherit] = manifest.loc[inherit, by].map(known).to_numpy()
     todo = manifest[out == ""]
     if todo.empty:
         return out

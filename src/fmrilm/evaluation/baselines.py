@@ -91,8 +91,10 @@ def fc_linear_baseline(
     else:
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 6, 15)))
     with warnings.catch_warnings():
-        # scikit-learn 1.9 announces API changes of LogisticRegressionCV that do not affect us
+        # scikit-learn 1.9 announces API changes of LogisticRegressionCV that do not affect us, and
+        # small inner-CV folds may lack a class; neither changes the fitted model
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
         model.fit(X[train], y[train])
     pred = model.predict(X[test])
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -36,7 +37,10 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(skm.balanced_accuracy_score(y_true, y_pred))
+    with warnings.catch_warnings():
+        # a bootstrap resample may lack a class the model predicts; the score is still defined
+        warnings.simplefilter("ignore", UserWarning)
+        return float(skm.balanced_accuracy_score(y_true, y_pred))
 
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:

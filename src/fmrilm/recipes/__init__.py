@@ -1,0 +1,1 @@
+"""Recipes: one end-to-end workflow per module (setup -> run -> save)."""
