@@ -105,3 +105,25 @@ def test_preprocess_errors_name_the_problem():
         PreprocessConfig(high_pass=0.1, low_pass=0.05)
     with pytest.raises(FmrilmError, match="unknown preprocessing settings"):
         PreprocessConfig.from_dict({"detrend": True, "smoothing": 6})
+
+
+@pytest.mark.parametrize(
+    ("tr", "high", "low"), [(0.72, 0.008, None), (2.0, 0.01, 0.1), (1.0, None, 0.2)]
+)
+def test_fast_filter_path_equals_nilearn_clean(tr, high, low):
+    from nilearn import signal
+
+    from fmrilm.data.preprocess import clean
+
+    x = np.random.default_rng(0).standard_normal((300, 7)).cumsum(axis=0)
+    ours = clean(x, tr, PreprocessConfig(high_pass=high, low_pass=low))
+    ref = signal.clean(
+        x,
+        detrend=True,
+        standardize=None,
+        high_pass=high,
+        low_pass=low,
+        t_r=tr,
+        filter="butterworth",
+    )
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ BASE_COLUMNS = (
     "qc_fd_mean",
 )
 _DTYPE = np.dtype("<f4")
+MAX_OPEN_SHARDS = 4
 _SHARD_FILE = re.compile(r"\.?shard-\d{6}\.f32(\.tmp)?")
 
 
@@ -104,7 +106,9 @@ class Cohort:
         except Exception as exc:
             raise FmrilmError(f"{path}: cannot read ({exc})") from None
         self._index = {sid: i for i, sid in enumerate(self.manifest["scan_id"])}
-        self._shards: dict[str, np.memmap] = {}
+        # a few shards stay mapped (LRU): mapped pages count towards RSS until unmapped, so a
+        # full pass over a large cohort would otherwise look like it holds the whole cohort
+        self._shards: OrderedDict[str, np.memmap] = OrderedDict()
         self._atlases: dict[str, Atlas] = {}
         self._events: pd.DataFrame | None = None
 
@@ -148,7 +152,11 @@ class Cohort:
         """ROI time series of one scan, shape (n_frames, n_rois), a read-only memory map."""
         row = self.row(key)
         shard = row["shard"]
-        if shard not in self._shards:
+        if shard in self._shards:
+            self._shards.move_to_end(shard)
+        else:
+            if len(self._shards) >= MAX_OPEN_SHARDS:
+                self._shards.popitem(last=False)
             path = self.root / "arrays" / shard
             try:
                 self._shards[shard] = np.memmap(path, dtype=_DTYPE, mode="r")

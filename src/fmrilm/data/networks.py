@@ -1,11 +1,11 @@
 """Large-scale network labels for atlases that do not carry them.
 
-The AAL family (AAL, AAL2, AAL3) labels regions anatomically. fmrilm assigns each AAL region to
-one of the Yeo-7 cortical networks (Yeo et al., 2011) or to ``Subcortical``/``Cerebellum`` by the
-network that covers most of the region's cortex in the Yeo-7 volume, judged from the published
-overlap tables; where a gyrus is split between networks (e.g. superior temporal gyrus:
-auditory/somatomotor vs. ventral attention) the majority wins. The mapping is approximate by
-construction and documented in ``docs/atlases.md``. Keys are region names without the ``_L``/``_R``
+The AAL family (AAL, AAL2, AAL3) labels regions anatomically. fmrilm assigns each AAL region by
+hand to the Yeo-7 cortical network (Yeo et al., 2011) that, anatomically, covers most of it, or to
+``Subcortical``/``Cerebellum``; where a gyrus is split between networks (e.g. superior temporal
+gyrus: auditory/somatomotor vs. ventral attention) the majority wins. No Yeo-7 volume ships
+offline to compute overlaps, so the mapping is approximate by construction; it is documented in
+``docs/atlases.md``. Keys are region names without the ``_L``/``_R``
 hemisphere suffix.
 """
 

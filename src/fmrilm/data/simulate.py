@@ -454,18 +454,18 @@ def simulate_cohort(
         writer.add_source(
             f"simulate(seed={config.seed}, subjects={config.n_subjects}, effect_scale={config.effect_scale})"
         )
-        bar = tqdm(total=config.n_subjects, desc="simulate", unit="subject", disable=not progress)
         work = (
             delayed(_subject_scans)(row, sites[row["site"]], a[i], seeds[i], g, V, config, pre)
             for i, row in enumerate(subjects.to_dict("records"))
         )
         n_scans = 0
-        for scans in Parallel(n_jobs=jobs, return_as="generator")(work):
-            for scan in scans:
-                writer.add(scan)
-                n_scans += 1
-            bar.update()
-        bar.close()
+        bar = tqdm(total=config.n_subjects, desc="simulate", unit="subject", disable=not progress)
+        with bar:
+            for scans in Parallel(n_jobs=jobs, return_as="generator")(work):
+                for scan in scans:
+                    writer.add(scan)
+                    n_scans += 1
+                bar.update()
     sim = Path(out) / "simulation"
     write_parquet(sim / "subjects.parquet", truth)
     write_json(

@@ -179,16 +179,16 @@ def import_source(
                 )
         writer.n_skipped = len(runs) - len(todo)
         writer.add_source(source)
-        bar = tqdm(total=len(todo), desc="import", unit="scan", disable=not progress)
         # joblib streams results in order; the writer stays in this process (one file handle).
         results = Parallel(n_jobs=jobs, return_as="generator")(
             delayed(_process)(r, config) for r in todo
         )
-        for scan, atlas in results:
-            writer.add_atlas(atlas)
-            writer.add(scan)
-            bar.update()
-        bar.close()
+        # the context closes the bar before an error propagates: the message gets its own line
+        with tqdm(total=len(todo), desc="import", unit="scan", disable=not progress) as bar:
+            for scan, atlas in results:
+                writer.add_atlas(atlas)
+                writer.add(scan)
+                bar.update()
     return {
         "source": source,
         "out": str(out),
