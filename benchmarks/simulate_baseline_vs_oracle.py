@@ -3,6 +3,8 @@
 Prints one JSON object. What it measures, on the machine it runs on:
 
 * ``import_hcp``: ``fmrilm data import builtin:hcp`` (7 real HCP runs, 80 ROIs x 1200 frames);
+* ``import_nifti``: BIDS/NIfTI import with AAL3 parcellation (nilearn masker) of synthetic
+  3 mm MNI images (``--nifti-scans`` images of 300 frames, noise inside the MNI brain mask);
 * ``simulate_timing``: ``fmrilm data simulate`` with ``--timing-subjects`` subjects (default 200,
   rest + 3 task runs each) -- the issue's target is under 60 s on 2 cores;
 * ``labels``: on a larger simulated cohort (``--subjects``, default 1000), for every label the
@@ -39,6 +41,23 @@ def peak_rss_mb() -> dict[str, float]:
     }
 
 
+def make_nifti(path: Path, n_frames: int, seed: int) -> None:
+    """A 3 mm MNI-space 4-D image: independent noise (mean 1000) in every brain voxel."""
+    import nibabel as nib
+    import numpy as np
+    from nilearn.datasets import load_mni152_brain_mask
+
+    mask = load_mni152_brain_mask(resolution=3)
+    inside = np.asarray(mask.dataobj) > 0
+    rng = np.random.default_rng(seed)
+    data = np.zeros((*inside.shape, n_frames), dtype=np.float32)
+    data[inside] = 1000 + 10 * rng.standard_normal((int(inside.sum()), n_frames), dtype=np.float32)
+    img = nib.Nifti1Image(data, mask.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.0
+    nib.save(img, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=1000)
@@ -47,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default="default")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--nifti-scans", type=int, default=8)
     p.add_argument("--json", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -76,6 +96,27 @@ def main(argv: list[str] | None = None) -> dict:
             "scans": rep["added"],
             "seconds": round(dt, 2),
             "scans_per_s": round(rep["added"] / dt, 2),
+            "peak_rss_so_far": peak_rss_mb(),
+        }
+
+        bids = tmp / "bids"
+        for i in range(args.nifti_scans):
+            func = bids / f"sub-{i + 1:02d}" / "func"
+            func.mkdir(parents=True)
+            make_nifti(func / f"sub-{i + 1:02d}_task-rest_bold.nii.gz", 300, i)
+        (bids / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.8.0"}')
+        t = time.perf_counter()
+        added = import_source(str(bids), tmp / "nifti_cohort", jobs=args.jobs, progress=False)[
+            "added"
+        ]
+        dt = time.perf_counter() - t
+        result["import_nifti"] = {
+            "scans": added,
+            "shape": "BIDS folder, 61x73x61 voxels (3 mm) x 300 frames -> AAL3",
+            "jobs": args.jobs,
+            "seconds": round(dt, 2),
+            "scans_per_s": round(added / dt, 2),
+            "peak_rss_so_far": peak_rss_mb(),
         }
 
         t = time.perf_counter()
@@ -90,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             "jobs": args.jobs,
             "seconds": round(dt, 2),
             "scans_per_s": round(rep["scans"] / dt, 1),
+            "peak_rss_so_far": peak_rss_mb(),
         }
 
         cfg = SimulationConfig.preset(args.preset, n_subjects=args.subjects, seed=args.seed)

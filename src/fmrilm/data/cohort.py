@@ -547,25 +547,19 @@ class CohortWriter:
             p.unlink()
 
 
+_INT_COLUMNS = ("n_frames", "n_rois", "offset")
+_FLOAT_COLUMNS = ("tr", "qc_tsnr", "qc_fd_mean")
+
+
 def _normalise_manifest(m: pd.DataFrame, phenotypes: dict[str, str]) -> pd.DataFrame:
-    for col in (
-        "scan_id",
-        "subject",
-        "session",
-        "run",
-        "site",
-        "paradigm",
-        "task",
-        "atlas",
-        "shard",
-        "split",
-        "source",
-    ):
-        m[col] = m[col].fillna("").astype(str)
-    for col in ("n_frames", "n_rois", "offset"):
-        m[col] = m[col].astype(np.int64)
-    for col in ("tr", "qc_tsnr", "qc_fd_mean"):
-        m[col] = m[col].astype(np.float64)
+    """Fix column dtypes: base columns as documented, phenotypes by their recorded type."""
+    for col in BASE_COLUMNS:
+        if col in _INT_COLUMNS:
+            m[col] = m[col].astype(np.int64)
+        elif col in _FLOAT_COLUMNS:
+            m[col] = m[col].astype(np.float64)
+        else:
+            m[col] = m[col].fillna("").astype(str)
     for col, kind in phenotypes.items():
         if kind == "numeric":
             m[col] = pd.to_numeric(m[col], errors="coerce").astype(np.float64)
