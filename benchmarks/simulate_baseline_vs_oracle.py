@@ -11,8 +11,8 @@ Prints one JSON object. What it measures, on the machine it runs on:
   majority baseline, FC + logistic/ridge regression (nested CV in the training split) and the
   oracle (Bayes-optimal from the true latent parameters), all on the same subject-disjoint test
   split, each metric as [value, 95 % bootstrap CI low, high];
-* ``task_decoding``: which task a task run is, FC + logistic regression vs a matched-filter
-  oracle that knows the true designs.
+* ``task_decoding``: which task a task run is, FC + logistic regression vs an oracle
+  likelihood-ratio test that knows the designs and each subject's true covariance.
 
 Usage::
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "metrics"
             ],
             "fc_linear": fc["metrics"],
-            "oracle_matched_filter": score(
+            "oracle": score(
                 "classification", test_rows["task"].to_numpy(), oracle_pred, n_boot=args.n_boot
             ),
         }

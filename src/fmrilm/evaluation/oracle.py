@@ -35,44 +35,50 @@ def oracle_scores(
 
 
 def task_oracle(cohort: Cohort, rows: pd.DataFrame) -> np.ndarray:
-    """Task decoding with the true block designs: a matched filter per candidate task.
+    """Task decoding with the generative truth: a likelihood-ratio test per candidate task.
 
-    For each scan and each simulated task, regress the series on that task's HRF-convolved
-    condition regressors (the known designs) and sum the t-statistics over the regions the
-    simulator activates; predict the task with the largest sum. This uses ground truth no method
-    has (the designs and the activated regions), so it serves as the upper reference.
+    For each scan and each simulated task ``c``, the oracle builds the exact task signal the
+    simulator would add (design, HRF, regions, amplitude), passes it through the cohort's own
+    preprocessing, and scores ``sum_t s_t' S^-1 y_t - s_t' S^-1 s_t / 2`` with the subject's true
+    spatial covariance ``S`` (real-HCP FC + the subject's true component amplitudes + site
+    noise), rescaled to the stored units. It ignores temporal autocorrelation and motion, so it
+    is near-optimal rather than exactly Bayes-optimal.
     """
-    from nilearn.glm.first_level.hemodynamic_models import compute_regressor
-
-    from fmrilm.data.simulate import SimulationConfig, task_events
+    from fmrilm.data.preprocess import PreprocessConfig, clean
+    from fmrilm.data.simulate import (
+        SimulationConfig,
+        hcp_grounding,
+        network_patterns,
+        task_events,
+        task_signal,
+    )
 
     config = SimulationConfig()
+    g = hcp_grounding()
+    V = network_patterns(config, g.atlas)
+    truth = load_truth(cohort.root).set_index("subject")
+    amp_cols = [f"a_{c.name}" for c in config.components]
+    sites = {s.name: s for s in config.sites}
+    pre = PreprocessConfig.from_dict(cohort.preprocessing)
+    base = g.mixing @ g.mixing.T
     preds = []
     for sid in rows["scan_id"]:
         row = cohort.row(sid)
-        x = np.asarray(cohort.series(sid), dtype=np.float64)
-        n, tr = x.shape[0], float(row["tr"])
-        atlas = cohort.atlas(row["atlas"])
-        index = {name: i for i, name in enumerate(atlas.names)}
-        best, best_score = "", -np.inf
+        y = np.asarray(cohort.series(sid), dtype=np.float64)  # (n_frames, n_rois)
+        n, tr = y.shape[0], float(row["tr"])
+        a = truth.loc[row["subject"], amp_cols].to_numpy(dtype=float)
+        cov = base + (V * a**2) @ V.T + sites[row["site"]].noise ** 2 * np.eye(len(base))
+        # stored units: each ROI was scaled by an unknown factor; match the model's variance
+        scale = np.sqrt(np.diag(cov)) / y.std(axis=0)
+        cov_y = cov / np.outer(scale, scale)
+        prec = np.linalg.inv(cov_y)
+        best, best_llr = "", -np.inf
         for task in config.tasks:
-            events = task_events(task, n * tr)
-            regs, cols = [], []
-            for cond, regions in task.conditions.items():
-                ev = events[events["trial_type"] == cond]
-                exp = np.vstack([ev["onset"], ev["duration"], np.ones(len(ev))])
-                regs.append(compute_regressor(exp, "spm", np.arange(n) * tr)[0][:, 0])
-                cols.append([index[r] for r in regions if r in index])
-            design = np.column_stack([*regs, np.ones(n)])
-            beta, *_ = np.linalg.lstsq(design, x, rcond=None)
-            resid = x - design @ beta
-            dof = max(n - design.shape[1], 1)
-            se = np.sqrt(np.diag(np.linalg.pinv(design.T @ design)))[:, None] * np.sqrt(
-                (resid**2).sum(0) / dof
-            )
-            t = beta / se
-            s = sum(t[k, c].sum() for k, c in enumerate(cols))
-            if s > best_score:
-                best, best_score = task.name, s
+            s = task_signal(task, task_events(task, n * tr), n, tr, g.atlas)
+            s = clean(s, tr, pre) / scale  # the same linear cleaning the data went through
+            sp = s @ prec
+            llr = float(np.sum(sp * y) - 0.5 * np.sum(sp * s))
+            if llr > best_llr:
+                best, best_llr = task.name, llr
         preds.append(best)
     return np.array(preds)
