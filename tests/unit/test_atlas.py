@@ -82,3 +82,9 @@ def test_roi_table_validation(tmp_path):
         p = tmp_path / "lab.nii.gz"
         p.write_bytes(b"")
         load_atlas(p)
+
+
+def test_coordinate_atlas_names_resolve():
+    a = resolve_roi_names(["Power_001", "Power_264"])
+    assert a.names == ["Power_001", "Power_264"]
+    np.testing.assert_allclose(a.coords[0], [-25, -98, -12])

@@ -185,19 +185,23 @@ def neurolib_atlas(subcortical: bool = False) -> Atlas:
 
 
 def resolve_roi_names(names: list[str], name: str = "custom") -> Atlas:
-    """Find MNI centroids for region names of a known atlas (AAL family, HCPEx, Dosenbach)."""
+    """Find MNI centroids for region names of a known atlas.
+
+    Known: AAL/AAL2/AAL3 and HCPEx region names, Dosenbach-160 labels, and the names fmrilm gives
+    the unnamed coordinate atlases (``Power_001``..``Power_264``, ``Seitzman_001``..``Seitzman_300``).
+    """
     try:
         return Atlas(name, _aal_centroid_table(names))
     except FmrilmError:
         pass
-    for key in ("hcpex", "dosenbach160"):
+    for key in ("hcpex", "dosenbach160", "power264", "seitzman300"):
         candidate = load_atlas(key)
         if set(names) <= set(candidate.names):
             return candidate.subset(list(names), name=key if len(names) == len(candidate) else name)
     unknown = names[:3]
     raise FmrilmError(
         f"ROI names such as {unknown} are not in a known atlas (AAL, AAL2, AAL3, HCPEx, "
-        "Dosenbach-160): pass a ROI table with --roi-table FILE (columns name, x, y, z[, network])"
+        "Dosenbach-160, Power-264, Seitzman-300): pass a ROI table with --roi-table FILE (columns name, x, y, z[, network])"
     )
 
 
