@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "fmrilm: interrupted; completed work is saved (re-run with --resume to continue)",
+            "fmrilm: interrupted; committed scans are kept (an import continues with --resume)",
             file=sys.stderr,
         )
         return 130

@@ -243,7 +243,10 @@ def test_create_on_existing_cohort_refused(tmp_path):
     root = tmp_path / "c"
     write(root, [make_scan("1"), make_scan("2")])
     before = snapshot(root)
-    with pytest.raises(FmrilmError, match=r"already holds a cohort \(2 scans\); pass --append"):
+    with pytest.raises(
+        FmrilmError,
+        match=r"already holds a cohort \(2 scans\); choose another --out, or extend it with .data import --append.",
+    ):
         CohortWriter(root, preprocessing=PRE, mode="create")
     assert snapshot(root) == before
 

@@ -325,8 +325,8 @@ class CohortWriter:
                     else 0
                 )
                 raise FmrilmError(
-                    f"{self.root} already holds a cohort ({n} scans); pass --append to add scans, "
-                    "--resume to finish an interrupted import, or choose another --out"
+                    f"{self.root} already holds a cohort ({n} scans); choose another --out, or "
+                    "extend it with 'data import --append' (or '--resume' after an interruption)"
                 )
             self.meta = _read_meta(self.root)
             if self.meta.get("preprocessing") != self.preprocessing:
