@@ -1,0 +1,1 @@
+"""Descriptive corpus: imaging features of each scan, turned into faithful structured text."""
