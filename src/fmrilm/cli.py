@@ -1,4 +1,7 @@
-"""Command line: ``fmrilm data import|simulate|info|split``. Parsing and dispatch only."""
+"""Command line: ``fmrilm data import|simulate|info|split`` and ``fmrilm corpus build|norms|show``.
+
+Parsing and dispatch only.
+"""
 
 from __future__ import annotations
 
@@ -117,6 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-split every subject (breaks earlier models' splits)",
     )
+    corpus = sub.add_parser("corpus", help="build and inspect the descriptive corpus")
+    csub = corpus.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    build = csub.add_parser("build", help="descriptors + texts for every scan of a cohort")
+    build.add_argument("cohort", type=Path)
+    build.add_argument(
+        "--out", required=True, type=Path, help="corpus folder (created, or resumed)"
+    )
+    build.add_argument(
+        "--norms", type=Path, help="reuse norms.json fitted on another cohort's training split"
+    )
+    build.add_argument("--variants", type=int, default=3, help="text variants per scan (default 3)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--part-size", type=int, default=256, help="scans per Parquet part")
+    build.add_argument("--jobs", type=int, default=1)
+    build.add_argument(
+        "--shard", type=_shard, help="build only parts I, I+N, ... (needs norms first)"
+    )
+    norms = csub.add_parser(
+        "norms", help="fit descriptor norms on the training split (before sharded builds)"
+    )
+    norms.add_argument("cohort", type=Path)
+    norms.add_argument(
+        "--out", required=True, type=Path, help="corpus folder to write norms.json into"
+    )
+    norms.add_argument("--seed", type=int, default=0)
+    show = csub.add_parser("show", help="print one scan's record and texts")
+    show.add_argument("corpus", type=Path)
+    show.add_argument("scan_id")
+    show.add_argument("--json", action="store_true", help="print the record as JSON")
     return p
 
 
@@ -283,11 +315,93 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_corpus_build(args: argparse.Namespace) -> int:
+    from fmrilm.corpus.build import build_corpus
+
+    if args.jobs < 1 or args.variants < 1 or args.part_size < 1:
+        raise FmrilmError("--jobs, --variants and --part-size must be at least 1")
+    rep = build_corpus(
+        args.cohort,
+        args.out,
+        norms_path=args.norms,
+        jobs=args.jobs,
+        shard=args.shard,
+        n_variants=args.variants,
+        seed=args.seed,
+        part_size=args.part_size,
+    )
+    print(
+        f"corpus: wrote {rep['parts_written']} of {rep['parts_total']} parts ({rep['scans_written']} scans) "
+        f"into {args.out} in {rep['seconds']} s"
+    )
+    return 0
+
+
+def cmd_corpus_norms(args: argparse.Namespace) -> int:
+    from fmrilm.corpus.build import _open_corpus, fit_corpus_norms
+    from fmrilm.data.cohort import Cohort
+
+    cohort = Cohort(args.cohort)
+    _open_corpus(args.out, cohort, n_variants=3, seed=args.seed, part_size=256)
+    norms, _ = fit_corpus_norms(cohort, seed=args.seed)
+    norms.save(args.out / "norms.json")
+    print(
+        f"wrote {args.out / 'norms.json'} ({', '.join(f'{a}: {n.n_scans} training scans' for a, n in norms.atlases.items())})"
+    )
+    return 0
+
+
+def cmd_corpus_show(args: argparse.Namespace) -> int:
+    from fmrilm.corpus.build import Corpus
+
+    corpus = Corpus(args.corpus)
+    row = corpus.row(args.scan_id)
+    if row["skipped"]:
+        print(f"{args.scan_id}: skipped ({row['skipped']})")
+        return 0
+    record = corpus.record(args.scan_id)
+    if args.json:
+        print(
+            json.dumps(
+                {"scan_id": args.scan_id, "record": record, "texts": list(row["texts"])}, indent=2
+            )
+        )
+        return 0
+    print(format_record(args.scan_id, record, list(row["texts"])))
+    return 0
+
+
+def format_record(scan_id: str, record: dict, texts: list[str]) -> str:
+    lines = [f"scan {scan_id}", ""]
+    family = None
+    for name, d in record.items():
+        if d["family"] != family:
+            family = d["family"]
+            lines.append(f"[{family}]")
+        value = d["value"]
+        shown = (
+            f"{value:.4g}"
+            if isinstance(value, float)
+            else ", ".join(map(str, value))
+            if isinstance(value, list)
+            else str(value)
+        )
+        z = "" if d.get("z") is None else f"  z={d['z']:+.2f}"
+        lines.append(f"  {name:<42} {shown} {d['unit']}{z}")
+    lines.append("")
+    for i, t in enumerate(texts, 1):
+        lines.append(f"text {i}: {t}")
+    return "\n".join(lines)
+
+
 COMMANDS = {
     ("data", "import"): cmd_import,
     ("data", "simulate"): cmd_simulate,
     ("data", "info"): cmd_info,
     ("data", "split"): cmd_split,
+    ("corpus", "build"): cmd_corpus_build,
+    ("corpus", "norms"): cmd_corpus_norms,
+    ("corpus", "show"): cmd_corpus_show,
 }
 
 

@@ -1,0 +1,313 @@
+"""Build a descriptive corpus for a cohort: descriptors -> JSON record -> text variants.
+
+Layout of a corpus folder::
+
+    CORPUS/
+      corpus.json            format, descriptor version, cohort id, variants, seed, part size
+      norms.json             cohort norms fitted on the training split (reused on re-runs)
+      parts/part-NNNNN.parquet   one row per scan: scan_id, subject, atlas, descriptor_version,
+                                 record (JSON), texts (list of strings), skipped (reason or "")
+
+Scans are cut into fixed parts in manifest order; each part is written atomically. A re-run
+skips parts that exist and produces identical output (every random choice is seeded by scan id).
+``shard=(i, n)`` builds parts ``i, i+n, ...`` so a scheduler can spread the work; shard jobs need
+the norms first (``fmrilm corpus norms``), since norms come from all training scans.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmrilm.corpus.descriptors import DESCRIPTOR_VERSION, Context, Descriptor, families
+from fmrilm.corpus.norms import CorpusNorms, fit_norms, normable
+from fmrilm.corpus.text import describe, leaked_labels
+from fmrilm.data.cohort import Cohort
+from fmrilm.data.scan import check_series
+from fmrilm.errors import FmrilmError
+from fmrilm.io import write_json, write_parquet
+
+CORPUS_FORMAT = "fmrilm-corpus"
+
+
+def scan_context(cohort: Cohort, row: pd.Series, norms: Any = None) -> Context:
+    atlas = cohort.atlas(row["atlas"])
+    events = cohort.events(row["scan_id"])
+    qc = {k[3:]: float(row[k]) for k in ("qc_tsnr", "qc_fd_mean") if pd.notna(row[k])}
+    return Context(
+        scan_id=row["scan_id"],
+        series=np.asarray(cohort.series(row["scan_id"]), dtype=np.float64),
+        tr=float(row["tr"]),
+        roi_names=atlas.names,
+        networks=atlas.networks,
+        coords=atlas.coords,
+        events=events,
+        qc=qc,
+        norms=norms,
+    )
+
+
+def compute_all(ctx: Context, only: tuple[str, ...] | None = None) -> list[Descriptor]:
+    """Every family's descriptors for one scan (``only`` restricts the families)."""
+    out: list[Descriptor] = []
+    for name, fn in families().items():
+        if only is None or name in only:
+            out.extend(fn(ctx))
+    return out
+
+
+def make_record(descs: list[Descriptor], norms) -> dict[str, Any]:
+    """Descriptor name -> dict(value, unit, family, provenance, z), plus derived rankings."""
+    record = {}
+    for d in descs:
+        if norms is not None and normable(d):
+            d.z = norms.z(d.name, d.value)
+        record[d.name] = d.to_dict()
+    pairs = [
+        (n, r["z"])
+        for n, r in record.items()
+        if n.startswith(("fc.within.", "fc.between.")) and r["z"] is not None
+    ]
+    if pairs:
+        ranked = sorted(pairs, key=lambda p: p[1])
+        record["fc.top_decreased"] = _ranking(
+            "fc.top_decreased", [n for n, z in ranked[:3] if z < 0]
+        )
+        record["fc.top_increased"] = _ranking(
+            "fc.top_increased", [n for n, z in ranked[::-1][:3] if z > 0]
+        )
+    return record
+
+
+def _ranking(name: str, names: list[str]) -> dict[str, Any]:
+    return Descriptor(
+        name,
+        names,
+        "",
+        "connectivity",
+        "network FC descriptors with the most negative/positive z (train-split norms)",
+    ).to_dict()
+
+
+def describe_scan(
+    cohort: Cohort,
+    row: pd.Series,
+    norms: CorpusNorms,
+    n_variants: int,
+    seed: int,
+    cached: list[Descriptor] | None = None,
+) -> dict[str, Any]:
+    """One corpus row for one scan (skipped with a reason when its data are unusable)."""
+    base = {
+        "scan_id": row["scan_id"],
+        "subject": row["subject"],
+        "atlas": row["atlas"],
+        "descriptor_version": DESCRIPTOR_VERSION,
+    }
+    atlas_norms = norms.for_atlas(row["atlas"])
+    ctx = scan_context(cohort, row, atlas_norms)
+    try:
+        check_series(ctx.series, what=f"scan {row['scan_id']}", roi_names=ctx.roi_names)
+    except FmrilmError as exc:
+        return {**base, "record": "{}", "texts": [], "skipped": str(exc)}
+    if cached is None:
+        descs = compute_all(ctx)
+    else:
+        # the norm-fitting pass had no dynamic-FC states yet: recompute that family only
+        descs = [d for d in cached if d.family != "dynamics"] + compute_all(ctx, only=("dynamics",))
+    record = make_record(descs, atlas_norms)
+    texts = [describe(record, row["scan_id"], v, seed) for v in range(n_variants)]
+    labels = _labels(cohort, row, ctx)
+    for text in texts:
+        leaks = leaked_labels(text, labels)
+        if leaks:  # a template bug, never the user's fault: fail loudly
+            raise RuntimeError(
+                f"descriptor text of {row['scan_id']} leaks labels {leaks}: {text!r}"
+            )
+    return {**base, "record": json.dumps(record, sort_keys=True), "texts": texts, "skipped": ""}
+
+
+def _labels(cohort: Cohort, row: pd.Series, ctx: Context) -> list[str]:
+    values = [
+        str(row[c])
+        for c in cohort.phenotype_columns
+        if c in row and pd.notna(row[c]) and cohort.meta["phenotypes"][c] == "categorical"
+    ]
+    values += [row["task"], row["site"]] if row["site"] else [row["task"]]
+    if ctx.events is not None:
+        values += [str(t) for t in ctx.events["trial_type"].unique()]
+    return [v for v in values if v]
+
+
+def build_corpus(
+    cohort_dir: str | Path,
+    out: str | Path,
+    *,
+    norms_path: str | Path | None = None,
+    jobs: int = 1,
+    shard: tuple[int, int] | None = None,
+    n_variants: int = 3,
+    seed: int = 0,
+    part_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build (or resume) the corpus of ``cohort_dir`` in ``out``; returns counts and timing."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    cohort = Cohort(cohort_dir)
+    out = Path(out)
+    meta = _open_corpus(out, cohort, n_variants, seed, part_size)
+    cached: dict[str, list[Descriptor]] = {}
+    if norms_path is not None:
+        norms = CorpusNorms.load(Path(norms_path))
+        norms.save(out / "norms.json")
+    elif (out / "norms.json").exists():
+        norms = CorpusNorms.load(out / "norms.json")
+    elif shard is not None and shard[1] > 1:
+        raise FmrilmError(
+            f"{out} has no norms.json: run 'fmrilm corpus norms {cohort_dir} --out {out}' once before "
+            "sharded builds (norms come from all training scans)"
+        )
+    else:
+        norms, cached = fit_corpus_norms(cohort, seed=seed, progress=progress)
+        norms.save(out / "norms.json")
+    n_parts = int(np.ceil(len(cohort) / part_size))
+    parts = range(n_parts) if shard is None else range(shard[0], n_parts, shard[1])
+    todo = [p for p in parts if not (out / "parts" / f"part-{p:05d}.parquet").exists()]
+    n_scans = sum(min(part_size, len(cohort) - p * part_size) for p in todo)
+    bar = tqdm(total=n_scans, desc="corpus", unit="scan", disable=not progress)
+    with bar:
+        for p in todo:
+            rows = cohort.manifest.iloc[p * part_size : (p + 1) * part_size]
+            results = Parallel(n_jobs=jobs)(
+                delayed(_describe_row)(
+                    cohort.root, row, norms, n_variants, seed, cached.get(row["scan_id"])
+                )
+                for _, row in rows.iterrows()
+            )
+            bar.update(len(rows))
+            write_parquet(out / "parts" / f"part-{p:05d}.parquet", pd.DataFrame(results))
+    meta["n_parts"] = n_parts
+    write_json(out / "corpus.json", meta)
+    return {
+        "parts_written": len(todo),
+        "parts_total": n_parts,
+        "scans_written": n_scans,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _describe_row(
+    root: Path, row: pd.Series, norms, n_variants: int, seed: int, cached
+) -> dict[str, Any]:
+    # each worker opens the cohort itself: memory maps do not travel between processes
+    return describe_scan(_cohort(root), row, norms, n_variants, seed, cached)
+
+
+_COHORTS: dict[str, Cohort] = {}
+
+
+def _cohort(root: Path) -> Cohort:
+    key = str(root)
+    if key not in _COHORTS:
+        _COHORTS[key] = Cohort(root)
+    return _COHORTS[key]
+
+
+def fit_corpus_norms(
+    cohort: Cohort, *, seed: int = 0, progress: bool = True
+) -> tuple[CorpusNorms, dict]:
+    """Norms from the cohort's training split (raises if the cohort has no training scans)."""
+    from tqdm.auto import tqdm
+
+    train = cohort.split("train")
+    contexts = (
+        (row["atlas"], scan_context(cohort, row))
+        for _, row in tqdm(
+            train.iterrows(),
+            total=len(train),
+            desc="norms (train split)",
+            unit="scan",
+            disable=not progress,
+        )
+    )
+    return fit_norms(contexts, compute_all, cohort_id=cohort.meta["cohort_id"], seed=seed)
+
+
+def _open_corpus(
+    out: Path, cohort: Cohort, n_variants: int, seed: int, part_size: int
+) -> dict[str, Any]:
+    meta = {
+        "format": CORPUS_FORMAT,
+        "version": 1,
+        "descriptor_version": DESCRIPTOR_VERSION,
+        "cohort_id": cohort.meta["cohort_id"],
+        "cohort": str(cohort.root),
+        "n_variants": n_variants,
+        "seed": seed,
+        "part_size": part_size,
+    }
+    path = out / "corpus.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("format") != CORPUS_FORMAT:
+            raise FmrilmError(f"{out} is not an fmrilm corpus folder")
+        if old.get("descriptor_version") != DESCRIPTOR_VERSION:
+            raise FmrilmError(
+                f"{out} was built with descriptor version {old.get('descriptor_version')}; this fmrilm "
+                f"computes version {DESCRIPTOR_VERSION}: refusing to mix them (build into a new folder)"
+            )
+        for key in ("cohort_id", "n_variants", "seed", "part_size"):
+            if old.get(key) != meta[key]:
+                raise FmrilmError(
+                    f"{out} was built with {key}={old.get(key)!r}, this build has {meta[key]!r}: refusing to mix "
+                    "(build into a new folder)"
+                )
+        return old
+    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise FmrilmError(f"{out} is not empty and holds no corpus; choose an empty or new --out")
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    write_json(path, meta)
+    return meta
+
+
+class Corpus:
+    """Read access to a corpus folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        path = self.root / "corpus.json"
+        if not path.exists():
+            raise FmrilmError(f"{self.root} is not an fmrilm corpus (no corpus.json)")
+        self.meta = json.loads(path.read_text())
+        if self.meta.get("descriptor_version") != DESCRIPTOR_VERSION:
+            raise FmrilmError(
+                f"{self.root}: corpus descriptor version {self.meta.get('descriptor_version')} differs from "
+                f"this fmrilm's {DESCRIPTOR_VERSION}; rebuild it"
+            )
+        files = sorted((self.root / "parts").glob("part-*.parquet"))
+        if not files:
+            raise FmrilmError(f"{self.root}: corpus has no parts yet (run fmrilm corpus build)")
+        self.table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def row(self, scan_id: str) -> pd.Series:
+        hit = self.table[self.table["scan_id"] == scan_id]
+        if hit.empty:
+            raise FmrilmError(f"{self.root}: no scan {scan_id!r} in the corpus")
+        return hit.iloc[0]
+
+    def record(self, scan_id: str) -> dict[str, Any]:
+        return json.loads(self.row(scan_id)["record"])
+
+    def texts(self, scan_id: str) -> list[str]:
+        return list(self.row(scan_id)["texts"])
