@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="corpus folder to write norms.json into"
     )
     norms.add_argument("--seed", type=int, default=0)
+    norms.add_argument("--jobs", type=int, default=1)
     show = csub.add_parser("show", help="print one scan's record and texts")
     show.add_argument("corpus", type=Path)
     show.add_argument("scan_id")
@@ -338,12 +339,13 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus_norms(args: argparse.Namespace) -> int:
-    from fmrilm.corpus.build import _open_corpus, fit_corpus_norms
+    from fmrilm.corpus.build import fit_corpus_norms
     from fmrilm.data.cohort import Cohort
 
     cohort = Cohort(args.cohort)
-    _open_corpus(args.out, cohort, n_variants=3, seed=args.seed, part_size=256)
-    norms, _ = fit_corpus_norms(cohort, seed=args.seed)
+    if (args.out / "norms.json").exists():
+        raise FmrilmError(f"{args.out / 'norms.json'} exists already; remove it to refit the norms")
+    norms, _ = fit_corpus_norms(cohort, seed=args.seed, jobs=args.jobs)
     norms.save(args.out / "norms.json")
     print(
         f"wrote {args.out / 'norms.json'} ({', '.join(f'{a}: {n.n_scans} training scans' for a, n in norms.atlases.items())})"

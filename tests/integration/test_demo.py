@@ -21,7 +21,9 @@ def test_quick_demo(tmp_path, capsys):
     results = run(out, subjects=24, jobs=1)
     _check(out, results)
     text = capsys.readouterr().out
-    assert "== 4/4 FC + linear model vs oracle" in text and "demo finished" in text
+    assert "== 4/5 FC + linear model vs oracle" in text and "demo finished" in text
+    assert "real HCP scan sub-hcp01_task-rest:" in text
+    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/5")[1]
 
 
 @pytest.mark.slow

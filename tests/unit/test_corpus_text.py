@@ -77,7 +77,11 @@ def test_a_flipped_qualifier_or_number_is_caught(record):
     if quals:
         q = quals[0]
         other = next(x for x in QUALIFIERS if x != q)
-        bad = text.replace(f" {q} ", f" {other} ", 1) if f" {q} " in text else text.replace(f"{q}", other, 1)
+        bad = (
+            text.replace(f" {q} ", f" {other} ", 1)
+            if f" {q} " in text
+            else text.replace(f"{q}", other, 1)
+        )
         assert verify(bad, record)[1], "a wrong qualitative word must be detected"
     zvals = re.findall(r"z = ([+-]\d+\.\d)", text)
     if zvals:
@@ -91,6 +95,11 @@ def test_qualifiers_are_monotone_in_z(z1, z2):
     order = {q: i for i, q in enumerate(QUALIFIERS)}  # from most increased to most reduced
     if z1 <= z2:
         assert order[qualify(z1)] >= order[qualify(z2)]
+
+
+def test_the_word_follows_the_displayed_z():
+    text = describe({"fc.mean": _d(0.2, -0.96)}, "s", 0)
+    assert "z = -1.0" in text and "is reduced" in text
 
 
 def test_thresholds_are_the_documented_ones():

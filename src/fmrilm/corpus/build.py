@@ -176,7 +176,7 @@ def build_corpus(
             "sharded builds (norms come from all training scans)"
         )
     else:
-        norms, cached = fit_corpus_norms(cohort, seed=seed, progress=progress)
+        norms, cached = fit_corpus_norms(cohort, seed=seed, jobs=jobs, progress=progress)
         norms.save(out / "norms.json")
     n_parts = int(np.ceil(len(cohort) / part_size))
     parts = range(n_parts) if shard is None else range(shard[0], n_parts, shard[1])
@@ -222,23 +222,36 @@ def _cohort(root: Path) -> Cohort:
 
 
 def fit_corpus_norms(
-    cohort: Cohort, *, seed: int = 0, progress: bool = True
-) -> tuple[CorpusNorms, dict]:
-    """Norms from the cohort's training split (raises if the cohort has no training scans)."""
+    cohort: Cohort, *, seed: int = 0, jobs: int = 1, progress: bool = True
+) -> tuple[CorpusNorms, dict[str, list[Descriptor]]]:
+    """Norms from the cohort's training split, and the training scans' raw descriptors.
+
+    The descriptors are returned so the build reuses them instead of computing the training
+    scans twice (only dynamic-FC states, which need the norms, are recomputed).
+    """
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     train = cohort.split("train")
-    contexts = (
-        (row["atlas"], scan_context(cohort, row))
-        for _, row in tqdm(
-            train.iterrows(),
-            total=len(train),
-            desc="norms (train split)",
-            unit="scan",
-            disable=not progress,
-        )
-    )
-    return fit_norms(contexts, compute_all, cohort_id=cohort.meta["cohort_id"], seed=seed)
+    rows = [row for _, row in train.iterrows()]
+    items = []
+    with tqdm(
+        total=len(rows), desc="norms (train split)", unit="scan", disable=not progress
+    ) as bar:
+        for item in Parallel(n_jobs=jobs, return_as="generator")(
+            delayed(_raw_row)(cohort.root, row) for row in rows
+        ):
+            items.append(item)
+            bar.update()
+    norms = fit_norms(items, cohort_id=cohort.meta["cohort_id"], seed=seed)
+    return norms, {scan_id: descs for _, scan_id, descs, _ in items}
+
+
+def _raw_row(root: Path, row: pd.Series) -> tuple[str, str, list[Descriptor], np.ndarray]:
+    from fmrilm.corpus.descriptors.dynamics import window_fc
+
+    ctx = scan_context(_cohort(root), row)
+    return row["atlas"], row["scan_id"], compute_all(ctx), window_fc(ctx.series, ctx.tr)
 
 
 def _open_corpus(
@@ -271,7 +284,12 @@ def _open_corpus(
                     "(build into a new folder)"
                 )
         return old
-    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+    # a folder holding only norms.json (from 'fmrilm corpus norms') is where a sharded build starts
+    if out.exists() and any(
+        p
+        for p in out.iterdir()
+        if not p.name.startswith(".") and p.name not in ("norms.json", "parts")
+    ):
         raise FmrilmError(f"{out} is not empty and holds no corpus; choose an empty or new --out")
     (out / "parts").mkdir(parents=True, exist_ok=True)
     write_json(path, meta)

@@ -9,13 +9,13 @@ normalisation had). Norms are saved as JSON beside the corpus and can be passed 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fmrilm.corpus.descriptors.base import DESCRIPTOR_VERSION, AtlasNorms, Context, Descriptor
+from fmrilm.corpus.descriptors.base import DESCRIPTOR_VERSION, AtlasNorms, Descriptor
 from fmrilm.errors import FmrilmError
 from fmrilm.io import write_json
 
@@ -106,33 +106,28 @@ class CorpusNorms:
 
 
 def fit_norms(
-    contexts: Iterable[tuple[str, Context]],
-    compute: Callable[[Context], list[Descriptor]],
+    items: Iterable[tuple[str, str, list[Descriptor], np.ndarray]],
     *,
     cohort_id: str,
     n_states: int = 4,
     seed: int = 0,
-) -> tuple[CorpusNorms, dict[str, list[Descriptor]]]:
-    """Fit norms from (atlas, context) pairs of training scans.
+) -> CorpusNorms:
+    """Fit norms from (atlas, scan id, raw descriptors, windowed FC) of the training scans.
 
-    Returns the norms and the raw descriptors computed on the way (keyed by scan id) so the
-    build can reuse them instead of computing the training scans twice.
+    ``windowed FC`` is :func:`fmrilm.corpus.descriptors.dynamics.window_fc` of the scan,
+    shape (n_windows, n_edges); the dynamic-FC states are k-means centroids of all of them.
     """
-    from fmrilm.corpus.descriptors.dynamics import fit_states, window_fc
+    from fmrilm.corpus.descriptors.dynamics import fit_states
 
     values: dict[str, dict[str, list[float]]] = {}
     windows: dict[str, list[np.ndarray]] = {}
-    raw: dict[str, list[Descriptor]] = {}
     counts: dict[str, int] = {}
-    for atlas, ctx in contexts:
-        descs = compute(ctx)
-        raw[ctx.scan_id] = descs
+    for atlas, _scan_id, descs, w in items:
         counts[atlas] = counts.get(atlas, 0) + 1
         per = values.setdefault(atlas, {})
         for d in descs:
             if normable(d):
                 per.setdefault(d.name, []).append(float(d.value))
-        w = window_fc(ctx.series, ctx.tr)
         if len(w):
             windows.setdefault(atlas, []).append(w)
     if not counts:
@@ -160,4 +155,4 @@ def fit_norms(
         "n_states": n_states,
         "seed": seed,
     }
-    return CorpusNorms(atlases, meta), raw
+    return CorpusNorms(atlases, meta)

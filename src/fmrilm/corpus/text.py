@@ -7,7 +7,7 @@ so :func:`verify` can parse any rendered text back and check every claim against
 That check runs in tests on random records, and serves later stages to score generated
 descriptions.
 
-Qualitative scale (z against the training-split norms)::
+Qualitative scale (z against the training-split norms, as displayed: rounded to one decimal)::
 
     z >= 2          markedly increased      z <= -2          markedly reduced
     1 <= z < 2      increased               -2 < z <= -1     reduced
@@ -168,10 +168,12 @@ def _scalar_fact(record: dict[str, Any], name: str, digits: int = 2, **extra: st
     d = record.get(name)
     if d is None or d.get("z") is None or not isinstance(d["value"], (int, float)):
         return None
+    z = fmt_z(d["z"])
+    # the word follows the z a reader sees (z = -0.96 shows as -1.0 and reads "reduced")
     return {
         "value": fmt(d["value"], digits),
-        "z": fmt_z(d["z"]),
-        "qual": qualify(d["z"]),
+        "z": z,
+        "qual": qualify(float(z)),
         **extra,
         "_name": name,
     }

