@@ -157,12 +157,32 @@ def build_corpus(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build (or resume) the corpus of ``cohort_dir`` in ``out``; returns counts and timing."""
+    from threadpoolctl import threadpool_limits
+
+    t0 = time.perf_counter()
+    # many small matrices: multi-threaded BLAS is slower here (joblib workers limit themselves)
+    with threadpool_limits(1):
+        return _build(
+            cohort_dir,
+            Path(out),
+            norms_path,
+            jobs,
+            shard,
+            n_variants,
+            seed,
+            part_size,
+            progress,
+            t0,
+        )
+
+
+def _build(
+    cohort_dir, out: Path, norms_path, jobs, shard, n_variants, seed, part_size, progress, t0
+) -> dict[str, Any]:
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
     cohort = Cohort(cohort_dir)
-    out = Path(out)
     meta = _open_corpus(out, cohort, n_variants, seed, part_size)
     cached: dict[str, list[Descriptor]] = {}
     if norms_path is not None:
