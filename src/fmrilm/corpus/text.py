@@ -89,7 +89,12 @@ _FIELD_PATTERNS = {
     "rate": _NUM,
     "t1": _NUM,
     "t2": _NUM,
+    # "Default reduced, Visual typical" / "Default-Visual increased, ..."
+    "profile": rf"{_NAME} (?:{_QUAL})(?:, {_NAME} (?:{_QUAL}))*",
+    "pairs": rf"{_NAME}-{_NAME} (?:{_QUAL})(?:, {_NAME}-{_NAME} (?:{_QUAL}))*",
 }
+PROFILE_KINDS = {"within_profile": "fc.within.", "between_profile": "fc.between."}
+MAX_PAIRS = 6
 
 TEMPLATES: dict[str, tuple[Template, ...]] = {
     kind: tuple(Template(kind, t) for t in texts)
@@ -97,6 +102,14 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
         "fc_mean": (
             "Overall functional connectivity is {qual} (mean Fisher z {value}, z = {z}).",
             "Across all region pairs, connectivity is {qual} (mean Fisher z {value}, z = {z}).",
+        ),
+        "within_profile": (
+            "Within-network coupling by network: {profile}.",
+            "Internal coupling per network: {profile}.",
+        ),
+        "between_profile": (
+            "Between-network pairs that deviate most: {pairs}.",
+            "The most atypical network pairs: {pairs}.",
         ),
         "fc_within": (
             "Within-network connectivity of the {net} network is {qual} ({value}, z = {z}).",
@@ -190,6 +203,21 @@ def facts(
             out.append((kind, fields))
 
     add("fc_mean", _scalar_fact(record, "fc.mean"))
+    # compact profiles keep each network next to its word (what a bag-of-words model can use)
+    profile = [
+        f"{n.split('.')[-1]} {_qual_of(record, n)}" for n in sorted(_ranked(record, "fc.within."))
+    ]
+    if profile:
+        add("within_profile", {"profile": ", ".join(profile), "_name": "fc.within.*"})
+    deviant = [
+        n for n in _ranked(record, "fc.between.") if abs(float(fmt_z(record[n]["z"]))) >= 1.0
+    ]
+    if deviant:
+        pairs = [
+            f"{n.split('.')[-1].replace('__', '-')} {_qual_of(record, n)}"
+            for n in deviant[:MAX_PAIRS]
+        ]
+        add("between_profile", {"pairs": ", ".join(pairs), "_name": "fc.between.*"})
     within = _ranked(record, "fc.within.")
     # the most deviant networks always; sometimes one more at random for variety
     chosen = within[:n_networks]
@@ -263,6 +291,10 @@ def facts(
     return out
 
 
+def _qual_of(record: dict[str, Any], name: str) -> str:
+    return qualify(float(fmt_z(record[name]["z"])))
+
+
 def _ranked(record: dict[str, Any], prefix: str) -> list[str]:
     """Descriptor names with ``prefix`` that have a z-score, most deviant first (stable)."""
     named = [
@@ -313,9 +345,23 @@ def verify(text: str, record: dict[str, Any]) -> tuple[int, list[str]]:
     checked, problems = 0, []
     for kind, fields in extract_claims(text):
         checked += 1
-        if not any(_matches(fields, ref) for ref in reference[kind] + _extra_refs(kind, record)):
+        if kind in PROFILE_KINDS:
+            problems += _check_profile(kind, next(iter(fields.values())), record)
+        elif not any(_matches(fields, ref) for ref in reference[kind] + _extra_refs(kind, record)):
             problems.append(f"{kind}: {fields} does not match the record")
     return checked, problems
+
+
+def _check_profile(kind: str, listing: str, record: dict[str, Any]) -> list[str]:
+    """Each 'Name word' item of a profile sentence must match that descriptor's z."""
+    problems = []
+    for item in listing.split(", "):
+        key, word = item.split(" ", 1)
+        name = PROFILE_KINDS[kind] + key.replace("-", "__")
+        d = record.get(name)
+        if d is None or d.get("z") is None or _qual_of(record, name) != word:
+            problems.append(f"{kind}: '{item}' does not match the record")
+    return problems
 
 
 def _matches(claim: dict[str, str], ref: dict[str, str]) -> bool:
