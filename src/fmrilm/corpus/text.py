@@ -94,7 +94,6 @@ _FIELD_PATTERNS = {
     "pairs": rf"{_NAME}-{_NAME} (?:{_QUAL})(?:, {_NAME}-{_NAME} (?:{_QUAL}))*",
 }
 PROFILE_KINDS = {"within_profile": "fc.within.", "between_profile": "fc.between."}
-MAX_PAIRS = 6
 
 TEMPLATES: dict[str, tuple[Template, ...]] = {
     kind: tuple(Template(kind, t) for t in texts)
@@ -108,8 +107,8 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
             "Internal coupling per network: {profile}.",
         ),
         "between_profile": (
-            "Between-network pairs that deviate most: {pairs}.",
-            "The most atypical network pairs: {pairs}.",
+            "Between-network coupling by pair: {pairs}.",
+            "Coupling between networks, pair by pair: {pairs}.",
         ),
         "fc_within": (
             "Within-network connectivity of the {net} network is {qual} ({value}, z = {z}).",
@@ -209,14 +208,9 @@ def facts(
     ]
     if profile:
         add("within_profile", {"profile": ", ".join(profile), "_name": "fc.within.*"})
-    deviant = [
-        n for n in _ranked(record, "fc.between.") if abs(float(fmt_z(record[n]["z"]))) >= 1.0
-    ]
-    if deviant:
-        pairs = [
-            f"{n.split('.')[-1].replace('__', '-')} {_qual_of(record, n)}"
-            for n in deviant[:MAX_PAIRS]
-        ]
+    between = sorted(_ranked(record, "fc.between."))
+    if between:
+        pairs = [f"{n.split('.')[-1].replace('__', '-')} {_qual_of(record, n)}" for n in between]
         add("between_profile", {"pairs": ", ".join(pairs), "_name": "fc.between.*"})
     within = _ranked(record, "fc.within.")
     # the most deviant networks always; sometimes one more at random for variety
