@@ -330,6 +330,7 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
         n_variants=args.variants,
         seed=args.seed,
         part_size=args.part_size,
+        paraphrase=args.paraphrase,
     )
     print(
         f"corpus: wrote {rep['parts_written']} of {rep['parts_total']} parts ({rep['scans_written']} scans) "

@@ -104,3 +104,28 @@ def test_cli_show_and_errors(cohort_dir, tmp_path, capsys):
     assert "no scan 'sub-nope_task-rest'" in capsys.readouterr().err
     assert main(["corpus", "build", str(tmp_path / "missing"), "--out", str(tmp_path / "c2")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_paraphrase_hook_keeps_only_checked_rewrites(cohort_dir, tmp_path):
+    """A fake paraphraser: faithful rewrites for some sentences, a flipped fact for others."""
+
+    def fake(sentences):
+        out = []
+        for i, s in enumerate(sentences):
+            if i % 2:
+                out.append(s.replace("reduced", "increased").replace("typical", "markedly reduced"))
+            else:
+                out.append("In other words: " + s[0].lower() + s[1:])
+        return out
+
+    out = tmp_path / "corpus"
+    build_corpus(cohort_dir, out, part_size=40, paraphrase=fake, progress=False)
+    table = Corpus(out).table
+    stats = [json.loads(s) for s in table["paraphrase_stats"]]
+    assert all(s["accepted"] >= 1 for s in stats)
+    for s, para, texts in zip(stats, table["paraphrases"], table["texts"], strict=True):
+        assert len(para) == 1 and para[0] != texts[0]
+        for r in s["replaced"]:
+            assert r["index"] % 2 == 0 and r["paraphrase"].startswith("In other words")
+    with pytest.raises(FmrilmError, match="paraphrase"):
+        build_corpus(cohort_dir, out, part_size=40, progress=False)  # built with, now without

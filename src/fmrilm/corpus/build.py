@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def describe_scan(
         descs = [d for d in cached if d.family != "dynamics"] + compute_all(ctx, only=("dynamics",))
     record = make_record(descs, atlas_norms)
     texts = [describe(record, row["scan_id"], v, seed) for v in range(n_variants)]
-    labels = _labels(cohort, row, ctx)
+    labels = _labels(cohort, row, ctx.events)
     for text in texts:
         leaks = leaked_labels(text, labels)
         if leaks:  # a template bug, never the user's fault: fail loudly
@@ -132,15 +133,16 @@ def describe_scan(
     return {**base, "record": json.dumps(record, sort_keys=True), "texts": texts, "skipped": ""}
 
 
-def _labels(cohort: Cohort, row: pd.Series, ctx: Context) -> list[str]:
+def _labels(cohort: Cohort, row: pd.Series, events: pd.DataFrame | None) -> list[str]:
+    """Values the text must never contain: categorical phenotypes, task, site, condition names."""
     values = [
         str(row[c])
         for c in cohort.phenotype_columns
         if c in row and pd.notna(row[c]) and cohort.meta["phenotypes"][c] == "categorical"
     ]
     values += [row["task"], row["site"]] if row["site"] else [row["task"]]
-    if ctx.events is not None:
-        values += [str(t) for t in ctx.events["trial_type"].unique()]
+    if events is not None:
+        values += [str(t) for t in events["trial_type"].unique()]
     return [v for v in values if v]
 
 
@@ -155,8 +157,14 @@ def build_corpus(
     seed: int = 0,
     part_size: int = 256,
     progress: bool = True,
+    paraphrase: bool | Callable[[list[str]], list[str]] = False,
 ) -> dict[str, Any]:
-    """Build (or resume) the corpus of ``cohort_dir`` in ``out``; returns counts and timing."""
+    """Build (or resume) the corpus of ``cohort_dir`` in ``out``; returns counts and timing.
+
+    With ``paraphrase`` (True, or any callable mapping sentences to rewrites) the local LLM rewrites the first text variant of every scan sentence by
+    sentence; a rewrite that drops or changes a fact is rejected and the template sentence kept
+    (``fmrilm.corpus.paraphrase``). Slow on a CPU: meant for small cohorts.
+    """
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
@@ -173,17 +181,28 @@ def build_corpus(
             part_size,
             progress,
             t0,
+            paraphrase,
         )
 
 
 def _build(
-    cohort_dir, out: Path, norms_path, jobs, shard, n_variants, seed, part_size, progress, t0
+    cohort_dir,
+    out: Path,
+    norms_path,
+    jobs,
+    shard,
+    n_variants,
+    seed,
+    part_size,
+    progress,
+    t0,
+    paraphrase,
 ) -> dict[str, Any]:
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     cohort = Cohort(cohort_dir)
-    meta = _open_corpus(out, cohort, n_variants, seed, part_size)
+    meta = _open_corpus(out, cohort, n_variants, seed, part_size, bool(paraphrase))
     cached: dict[str, list[Descriptor]] = {}
     if norms_path is not None:
         norms = CorpusNorms.load(Path(norms_path))
@@ -202,6 +221,7 @@ def _build(
     parts = range(n_parts) if shard is None else range(shard[0], n_parts, shard[1])
     todo = [p for p in parts if not (out / "parts" / f"part-{p:05d}.parquet").exists()]
     n_scans = sum(min(part_size, len(cohort) - p * part_size) for p in todo)
+    paraphraser = None  # loaded on first use: the LLM takes seconds and GBs
     bar = tqdm(total=n_scans, desc="corpus", unit="scan", disable=not progress)
     with bar:
         for p in todo:
@@ -213,6 +233,12 @@ def _build(
                 for _, row in rows.iterrows()
             )
             bar.update(len(rows))
+            if paraphrase:
+                if paraphraser is None:
+                    from fmrilm.corpus.paraphrase import Paraphraser
+
+                    paraphraser = paraphrase if callable(paraphrase) else Paraphraser()
+                _add_paraphrases(cohort, rows, results, paraphraser)
             write_parquet(out / "parts" / f"part-{p:05d}.parquet", pd.DataFrame(results))
     meta["n_parts"] = n_parts
     write_json(out / "corpus.json", meta)
@@ -222,6 +248,20 @@ def _build(
         "scans_written": n_scans,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _add_paraphrases(cohort: Cohort, rows: pd.DataFrame, results: list[dict], paraphraser) -> None:
+    """Add ``paraphrases`` (checked rewrite of the first variant) and ``paraphrase_stats``."""
+    from fmrilm.corpus.paraphrase import paraphrase_description
+
+    for (_, row), result in zip(rows.iterrows(), results, strict=True):
+        if result["skipped"] or not result["texts"]:
+            result["paraphrases"], result["paraphrase_stats"] = [], "{}"
+            continue
+        labels = _labels(cohort, row, cohort.events(row["scan_id"]))
+        text, stats = paraphrase_description(result["texts"][0], paraphraser, labels)
+        result["paraphrases"] = [text] if stats["accepted"] else []
+        result["paraphrase_stats"] = json.dumps({**stats, "reasons": dict(stats["reasons"])})
 
 
 def _describe_row(
@@ -275,7 +315,7 @@ def _raw_row(root: Path, row: pd.Series) -> tuple[str, str, list[Descriptor], np
 
 
 def _open_corpus(
-    out: Path, cohort: Cohort, n_variants: int, seed: int, part_size: int
+    out: Path, cohort: Cohort, n_variants: int, seed: int, part_size: int, paraphrase: bool = False
 ) -> dict[str, Any]:
     meta = {
         "format": CORPUS_FORMAT,
@@ -286,6 +326,7 @@ def _open_corpus(
         "n_variants": n_variants,
         "seed": seed,
         "part_size": part_size,
+        "paraphrase": paraphrase,
     }
     path = out / "corpus.json"
     if path.exists():
@@ -297,8 +338,8 @@ def _open_corpus(
                 f"{out} was built with descriptor version {old.get('descriptor_version')}; this fmrilm "
                 f"computes version {DESCRIPTOR_VERSION}: refusing to mix them (build into a new folder)"
             )
-        for key in ("cohort_id", "n_variants", "seed", "part_size"):
-            if old.get(key) != meta[key]:
+        for key in ("cohort_id", "n_variants", "seed", "part_size", "paraphrase"):
+            if old.get(key, False) != meta[key]:
                 raise FmrilmError(
                     f"{out} was built with {key}={old.get(key)!r}, this build has {meta[key]!r}: refusing to mix "
                     "(build into a new folder)"
