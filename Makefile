@@ -39,9 +39,12 @@ test-all: lint
 demo: $(STAMP)
 	$(BIN)/python -m fmrilm.recipes.demo --out $(DEMO_OUT)
 
+# Every number in README/docs; results land in benchmarks/results/ (about 20 minutes on 2 cores).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/cohort_scaling.py
-	$(BIN)/python benchmarks/simulate_baseline_vs_oracle.py
+	$(BIN)/python benchmarks/cohort_scaling.py --out benchmarks/results/cohort_scaling.json
+	$(BIN)/python benchmarks/simulate_baseline_vs_oracle.py --subjects 1000 --json benchmarks/results/simulate_baseline_vs_oracle.json
+	$(BIN)/python benchmarks/corpus_speed.py --out benchmarks/results/corpus_speed.json
+	$(BIN)/python benchmarks/corpus_validity.py --subjects 600 --json benchmarks/results/corpus_validity.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -141,7 +141,7 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
         ),
         "timescale": (
             "The intrinsic timescale of the signals is {qual} ({value} s, z = {z}).",
-            "Signals decorrelate over a {qual} timescale ({value} s, z = {z}).",
+            "Signals decorrelate over a timescale that is {qual} ({value} s, z = {z}).",
         ),
         "global_signal": (
             "Global signal amplitude is {qual} ({value}, z = {z}).",
