@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from fmrilm.corpus.descriptors import DESCRIPTOR_VERSION, Context, Descriptor, families
 from fmrilm.corpus.norms import CorpusNorms, fit_norms, normable
@@ -146,6 +147,8 @@ def _labels(cohort: Cohort, row: pd.Series, events: pd.DataFrame | None) -> list
     return [v for v in values if v]
 
 
+# many small matrices: multi-threaded BLAS is slower here (joblib workers limit themselves)
+@threadpool_limits.wrap(limits=1)
 def build_corpus(
     cohort_dir: str | Path,
     out: str | Path,
@@ -161,46 +164,16 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Build (or resume) the corpus of ``cohort_dir`` in ``out``; returns counts and timing.
 
-    With ``paraphrase`` (True, or any callable mapping sentences to rewrites) the local LLM rewrites the first text variant of every scan sentence by
-    sentence; a rewrite that drops or changes a fact is rejected and the template sentence kept
-    (``fmrilm.corpus.paraphrase``). Slow on a CPU: meant for small cohorts.
+    With ``paraphrase`` (True, or any callable mapping sentences to rewrites) the local LLM
+    rewrites the first text variant of every scan, sentence by sentence; a rewrite that drops or
+    changes a fact is rejected and the template sentence kept (``fmrilm.corpus.paraphrase``).
+    Slow on a CPU: meant for small cohorts.
     """
-    from threadpoolctl import threadpool_limits
-
-    t0 = time.perf_counter()
-    # many small matrices: multi-threaded BLAS is slower here (joblib workers limit themselves)
-    with threadpool_limits(1):
-        return _build(
-            cohort_dir,
-            Path(out),
-            norms_path,
-            jobs,
-            shard,
-            n_variants,
-            seed,
-            part_size,
-            progress,
-            t0,
-            paraphrase,
-        )
-
-
-def _build(
-    cohort_dir,
-    out: Path,
-    norms_path,
-    jobs,
-    shard,
-    n_variants,
-    seed,
-    part_size,
-    progress,
-    t0,
-    paraphrase,
-) -> dict[str, Any]:
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
+    t0 = time.perf_counter()
+    out = Path(out)
     cohort = Cohort(cohort_dir)
     meta = _open_corpus(out, cohort, n_variants, seed, part_size, bool(paraphrase))
     cached: dict[str, list[Descriptor]] = {}
