@@ -158,8 +158,9 @@ def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        # safetensors only: a pytorch_model.bin is a pickle, and fmrilm never unpickles weights
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False
+            path, dtype=dtype, trust_remote_code=False, use_safetensors=True
         )
     except (ValueError, OSError) as exc:
         raise FmrilmError(
@@ -182,7 +183,9 @@ def _load_hub_id(hub_id: str, dtype: torch.dtype) -> tuple[Any, Any]:
     if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
         raise FmrilmError(f"{hub_id} is a {config.model_type} model, not a causal language model")
     tokenizer = transformers.AutoTokenizer.from_pretrained(hub_id, **kwargs)
-    model = transformers.AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        hub_id, dtype=dtype, use_safetensors=True, **kwargs
+    )
     return model.eval(), tokenizer
 
 
