@@ -36,6 +36,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def read_json(path: str | os.PathLike, missing: str | None = None) -> Any:
+    """Parse a JSON file; a missing or corrupt file is a one-line :class:`FmrilmError`.
+
+    ``missing`` is the message for an absent file (default: "<path> does not exist").
+    """
+    from fmrilm.errors import FmrilmError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FmrilmError(missing or f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise FmrilmError(f"{path}: corrupt JSON ({exc})") from None
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")

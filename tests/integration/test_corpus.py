@@ -129,3 +129,12 @@ def test_paraphrase_hook_keeps_only_checked_rewrites(cohort_dir, tmp_path):
             assert r["index"] % 2 == 0 and r["paraphrase"].startswith("In other words")
     with pytest.raises(FmrilmError, match="paraphrase"):
         build_corpus(cohort_dir, out, part_size=40, progress=False)  # built with, now without
+
+
+def test_corrupt_corpus_json_is_a_one_line_error(cohort_dir, tmp_path, capsys):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "corpus.json").write_text("{not json")
+    assert main(["corpus", "build", str(cohort_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corpus.json: corrupt JSON" in err and err.count("\n") == 0

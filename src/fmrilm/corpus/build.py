@@ -32,7 +32,7 @@ from fmrilm.corpus.text import describe, leaked_labels
 from fmrilm.data.cohort import Cohort
 from fmrilm.data.scan import check_series
 from fmrilm.errors import FmrilmError
-from fmrilm.io import write_json, write_parquet
+from fmrilm.io import read_json, write_json, write_parquet
 
 CORPUS_FORMAT = "fmrilm-corpus"
 
@@ -303,7 +303,7 @@ def _open_corpus(
     }
     path = out / "corpus.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old.get("format") != CORPUS_FORMAT:
             raise FmrilmError(f"{out} is not an fmrilm corpus folder")
         if old.get("descriptor_version") != DESCRIPTOR_VERSION:
@@ -336,9 +336,7 @@ class Corpus:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         path = self.root / "corpus.json"
-        if not path.exists():
-            raise FmrilmError(f"{self.root} is not an fmrilm corpus (no corpus.json)")
-        self.meta = json.loads(path.read_text())
+        self.meta = read_json(path, missing=f"{self.root} is not an fmrilm corpus (no corpus.json)")
         if self.meta.get("descriptor_version") != DESCRIPTOR_VERSION:
             raise FmrilmError(
                 f"{self.root}: corpus descriptor version {self.meta.get('descriptor_version')} differs from "

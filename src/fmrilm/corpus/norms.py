@@ -8,7 +8,6 @@ normalisation had). Norms are saved as JSON beside the corpus and can be passed 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from fmrilm.corpus.descriptors.base import DESCRIPTOR_VERSION, AtlasNorms, Descriptor
 from fmrilm.errors import FmrilmError
-from fmrilm.io import write_json
+from fmrilm.io import read_json, write_json
 
 NORMS_FORMAT = "fmrilm-corpus-norms"
 # counts, identifiers and task statistics are reported as they are, not against norms
@@ -79,12 +78,7 @@ class CorpusNorms:
 
     @classmethod
     def load(cls, path: Path) -> CorpusNorms:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FmrilmError(f"norms file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise FmrilmError(f"norms file {path}: corrupt JSON ({exc})") from None
+        raw = read_json(path, missing=f"norms file {path} does not exist")
         if raw.get("format") != NORMS_FORMAT:
             raise FmrilmError(f"{path} is not an fmrilm norms file")
         if raw.get("descriptor_version") != DESCRIPTOR_VERSION:

@@ -34,7 +34,7 @@ import pandas as pd
 from fmrilm.data.atlas import Atlas
 from fmrilm.data.scan import EVENT_COLUMNS, Scan, check_series
 from fmrilm.errors import FmrilmError
-from fmrilm.io import atomic_path, write_json, write_parquet
+from fmrilm.io import atomic_path, read_json, write_json, write_parquet
 
 FORMAT_NAME = "fmrilm-cohort"
 FORMAT_VERSION = 1
@@ -69,12 +69,7 @@ def _now() -> str:
 
 def _read_meta(root: Path) -> dict[str, Any]:
     path = root / "cohort.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FmrilmError(f"{root} is not an fmrilm cohort (no cohort.json)") from None
-    except json.JSONDecodeError as exc:
-        raise FmrilmError(f"{path}: corrupt JSON ({exc})") from None
+    meta = read_json(path, missing=f"{root} is not an fmrilm cohort (no cohort.json)")
     if meta.get("format") != FORMAT_NAME:
         raise FmrilmError(f"{path}: not an fmrilm cohort (format={meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:
