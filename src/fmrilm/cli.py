@@ -1,4 +1,5 @@
-"""Command line: ``fmrilm data import|simulate|info|split`` and ``fmrilm corpus build|norms|show``.
+"""Command line: ``fmrilm data import|simulate|info|split``, ``fmrilm corpus build|norms|show``
+and ``fmrilm tokenizer train|encode|inspect``.
 
 Parsing and dispatch only.
 """
@@ -155,6 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("corpus", type=Path)
     show.add_argument("scan_id")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
+
+    tokenizer = sub.add_parser("tokenizer", help="stage 1: train and use the neural tokenizer")
+    tsub = tokenizer.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    train = tsub.add_parser(
+        "train",
+        help="train a tokenizer on a cohort's training split (resumes an interrupted run)",
+        epilog="Settings: see docs/tokenizer.md or configs/tokenizer/default.yaml. Example: "
+        "fmrilm tokenizer train --data runs/sim --corpus runs/corpus --out runs/tok steps=300",
+    )
+    train.add_argument("--data", required=True, type=Path, help="cohort folder")
+    train.add_argument("--corpus", type=Path, help="descriptive corpus (for the text alignment)")
+    train.add_argument("--out", required=True, type=Path, help="tokenizer folder")
+    train.add_argument("--config", type=Path, help="YAML file of settings")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    enc = tsub.add_parser("encode", help="encode a cohort into a Parquet token table")
+    enc.add_argument("--tokenizer", required=True, type=Path)
+    enc.add_argument("--data", required=True, type=Path)
+    enc.add_argument("--out", required=True, type=Path, help="output .parquet file")
+    enc.add_argument("--split", choices=("train", "val", "test"), help="only this split")
+    enc.add_argument("--shard", type=_shard, help="only scans I, I+N, ... (e.g. 0/4)")
+    ins = tsub.add_parser("inspect", help="write PNGs: training curves, code usage, reconstruction")
+    ins.add_argument("tokenizer", type=Path)
+    ins.add_argument("--out", type=Path, help="figure folder (default TOKENIZER/figures)")
+    ins.add_argument("--data", type=Path, help="cohort for the reconstruction figure")
+    ins.add_argument("--scan", help="scan id for the reconstruction (default: first test scan)")
     return p
 
 
@@ -402,6 +429,34 @@ def format_record(scan_id: str, record: dict, texts: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from fmrilm.config import TokenizerConfig, load_config
+    from fmrilm.recipes.train_tokenizer import train_tokenizer
+
+    config = load_config(TokenizerConfig, args.config, args.overrides)
+    train_tokenizer(args.data, args.out, config, corpus=args.corpus, progress=not args.quiet)
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from fmrilm.recipes.tokenize import encode_cohort
+
+    rep = encode_cohort(args.tokenizer, args.data, args.out, split=args.split, shard=args.shard)
+    print(
+        f"encoded {rep['scans']} scans ({rep['windows']} windows) into {args.out} "
+        f"in {rep['seconds']} s ({rep['scans_per_s']} scans/s)"
+    )
+    return 0
+
+
+def cmd_tokenizer_inspect(args: argparse.Namespace) -> int:
+    from fmrilm.recipes.tokenize import inspect_tokenizer
+
+    for path in inspect_tokenizer(args.tokenizer, args.out, data=args.data, scan=args.scan):
+        print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {
     ("data", "import"): cmd_import,
     ("data", "simulate"): cmd_simulate,
@@ -410,6 +465,9 @@ COMMANDS = {
     ("corpus", "build"): cmd_corpus_build,
     ("corpus", "norms"): cmd_corpus_norms,
     ("corpus", "show"): cmd_corpus_show,
+    ("tokenizer", "train"): cmd_tokenizer_train,
+    ("tokenizer", "encode"): cmd_tokenizer_encode,
+    ("tokenizer", "inspect"): cmd_tokenizer_inspect,
 }
 
 
@@ -423,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "fmrilm: interrupted; committed scans are kept (an import continues with --resume)",
+            "fmrilm: interrupted; finished work is kept (imports continue with --resume, "
+            "training resumes from its last checkpoint when run again)",
             file=sys.stderr,
         )
         return 130

@@ -54,3 +54,82 @@ def scan_overview(
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Loss terms, code usage and perplexity against the training step."""
+    plt = _plt()
+    steps = [h["step"] for h in history]
+    losses = [k for k in ("rec", "commit", "nce", "adv") if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for k in losses:
+        axes[0].plot(steps, [h.get(k, np.nan) for h in history], label=k)
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="losses")
+    axes[0].legend()
+    axes[1].plot(steps, [h["usage_pct"] for h in history], color="C2")
+    axes[1].set(xlabel="step", ylabel="% of codes used", ylim=(0, 101), title="code usage")
+    axes[2].plot(steps, [h["perplexity"] for h in history], color="C3")
+    axes[2].set(xlabel="step", ylabel="perplexity", title="code perplexity")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def code_usage(counts: list[int] | np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Histogram of how often each code is used, sorted by frequency."""
+    plt = _plt()
+    c = np.sort(np.asarray(counts, dtype=float))[::-1]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    ax.bar(np.arange(len(c)), c / max(c.sum(), 1), width=1.0, color="C0")
+    used = int((c > 0).sum())
+    ax.set(
+        xlabel=f"code rank ({used} of {len(c)} used)",
+        ylabel="fraction of tokens",
+        yscale="log",
+        title=title or "codebook usage",
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reconstruction(
+    original: np.ndarray,
+    recon: np.ndarray,
+    roi_names: list[str],
+    tr: float,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Original and reconstructed series of a few ROIs (rows), one window each."""
+    plt = _plt()
+    n = original.shape[1]
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.6 * n + 0.6), sharex=True, squeeze=False)
+    t = np.arange(original.shape[0]) * tr
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(t, original[:, i], color="k", lw=1.2, label="original")
+        ax.plot(t, recon[:, i], color="C1", lw=1.2, label="reconstruction")
+        ax.set_ylabel(roi_names[i], rotation=0, ha="right", fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

