@@ -76,7 +76,7 @@ class TokenizerConfig:
     ckpt_every: int = 250
 
     def validate(self) -> None:
-        _positive(self, "tr", "fourier_sigma", "lr")
+        _positive(self, "tr", "fourier_sigma", "lr", "grad_clip")
         _at_least(
             self,
             1,

@@ -12,7 +12,10 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,15 +137,23 @@ def train_tokenizer(
     if raw_text is not None:
         model.text_center.copy_(torch.from_numpy(raw_text.mean(0)))
         texts_t = model.text_vectors(raw_text)
-    groups = load_scans(cohort, train_rows, config, model.prepare, text_rows)
+    groups = load_scans(cohort, train_rows, config, model.prepare, text_rows, progress=progress)
     n_scans = sum(len(g.series) for g in groups.values())
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    start, history = 0, []
+    start, history, acc_state = 0, [], None
     if resume_meta is not None:
+        if resume_meta.get("cohort_id") != cohort.meta.get("cohort_id") or resume_meta.get(
+            "train_scans"
+        ) != _digest(train_rows["scan_id"]):
+            raise FmrilmError(
+                f"{out}: its checkpoint was trained on another cohort or training split than "
+                f"{data}; resume with the same data or choose another --out"
+            )
         info = load_checkpoint(ckpt_path, model, optimizer)
         start, history = int(info["step"]), list(info.get("history", []))
+        acc_state = info.get("acc")
         emit(f"resuming from {ckpt_path} at step {start}")
     bf16 = use_bf16(config.bf16)
     emit(
@@ -154,14 +165,28 @@ def train_tokenizer(
     # -- train ----------------------------------------------------------------------------------
     meta_base = {
         "config": to_dict(config),
+        "cohort_id": cohort.meta.get("cohort_id"),
+        "train_scans": _digest(train_rows["scan_id"]),
         "data": str(Path(data).resolve()),
         "corpus": None if corpus is None else str(Path(corpus).resolve()),
     }
     acc = _Accumulator(config.codebook_size)
+    if acc_state is not None:  # the part of a log interval done before the interruption
+        acc.load(acc_state)
     step = start
     bar = tqdm(total=config.steps, initial=start, desc="tokenizer", disable=not progress)
-    try:
+    with _deferred_sigint() as interrupted:
         for step in range(start, config.steps):
+            if interrupted():
+                save_checkpoint(
+                    ckpt_path,
+                    model,
+                    optimizer,
+                    {**meta_base, "step": step, "history": history, "acc": acc.state()},
+                )
+                bar.close()
+                emit(f"interrupted: checkpoint at step {step} in {ckpt_path}; run again to resume")
+                raise KeyboardInterrupt
             seed_step(config.seed, step)
             batch = sample_batch(groups, config, step)
             for g in optimizer.param_groups:
@@ -210,15 +235,11 @@ def train_tokenizer(
                 emit(_log_line(entry, config.steps))
             if done % config.ckpt_every == 0 or done == config.steps:
                 save_checkpoint(
-                    ckpt_path, model, optimizer, {**meta_base, "step": done, "history": history}
+                    ckpt_path,
+                    model,
+                    optimizer,
+                    {**meta_base, "step": done, "history": history, "acc": acc.state()},
                 )
-    except KeyboardInterrupt:
-        save_checkpoint(
-            ckpt_path, model, optimizer, {**meta_base, "step": step, "history": history}
-        )
-        bar.close()
-        emit(f"interrupted: checkpoint at step {step} in {ckpt_path}; run again to resume")
-        raise
     bar.close()
     train_seconds = time.perf_counter() - t_start
 
@@ -255,6 +276,35 @@ def train_tokenizer(
     write_json(out / TRAINING, summary)
     emit(f"saved tokenizer to {out} ({train_seconds:.0f} s)")
     return summary
+
+
+def _digest(scan_ids) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(scan_ids)).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Ctrl-C sets a flag instead of raising, so the loop stops between two steps.
+
+    A second Ctrl-C raises at once (the checkpoint may then be up to ckpt_every steps old).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(1)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_out_dir(out: Path, config: TokenizerConfig) -> dict[str, Any] | None:
@@ -312,6 +362,18 @@ class _Accumulator:
         self.windows = 0
         self.counts = torch.zeros(self.size, dtype=torch.long)
         self.t0 = time.perf_counter()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "sums": self.sums,
+            "n": self.n,
+            "windows": self.windows,
+            "counts": self.counts.tolist(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.sums, self.n, self.windows = dict(state["sums"]), state["n"], state["windows"]
+        self.counts = torch.tensor(state["counts"], dtype=torch.long)
 
     def add(self, key: str, value: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + value

@@ -24,7 +24,12 @@ class AtlasScans:
 
 
 def load_scans(
-    cohort, rows, config: TokenizerConfig, prepare, text_rows: dict[str, int] | None = None
+    cohort,
+    rows,
+    config: TokenizerConfig,
+    prepare,
+    text_rows: dict[str, int] | None = None,
+    progress: bool = True,
 ) -> dict[str, AtlasScans]:
     """Prepare the scans of ``rows`` (manifest rows) with ``prepare(series, tr, what=)``.
 
@@ -35,7 +40,10 @@ def load_scans(
     from fmrilm.tokenizer.neural_tokenizer import RoiGeometry
 
     groups: dict[str, AtlasScans] = {}
-    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="prepare scans", leave=False):
+    bar = tqdm(
+        rows.iterrows(), total=len(rows), desc="prepare scans", leave=False, disable=not progress
+    )
+    for _, row in bar:
         sid = row["scan_id"]
         x = prepare(cohort.series(sid), float(row["tr"]), what=f"scan {sid}")
         if x.shape[0] < config.window:

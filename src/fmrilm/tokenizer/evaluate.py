@@ -125,9 +125,18 @@ def evaluate_tokenizer(
     out["_r2"] = r2
     if keep_windows:
         out["_windows"] = {a: np.concatenate(w) for a, w in windows.items()}
-    if corpus is not None and emb:
+    if corpus is not None and _with_texts(corpus, emb_ids) >= 2:
         out["retrieval"] = retrieval(np.stack(emb), emb_ids, corpus, tok, text_encoder)
     return out
+
+
+def _with_texts(corpus, scan_ids: list[str]) -> int:
+    table = corpus.table.set_index("scan_id")
+    return sum(
+        1
+        for s in scan_ids
+        if s in table.index and not table.loc[s, "skipped"] and len(table.loc[s, "texts"])
+    )
 
 
 def retrieval(
