@@ -136,6 +136,23 @@ def real_hcp(tok, work: Path) -> dict:
     }
 
 
+def llm_alignment(tok) -> dict:
+    """Projected codebook vs the LLM's word embeddings, trained and at initialisation."""
+    import torch
+
+    from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.tokenizer.align import llm_embedding_matrix
+    from fmrilm.tokenizer.evaluate import alignment_to_words
+
+    words = llm_embedding_matrix(tok.config.llm)
+    torch.manual_seed(0)
+    untrained = FMRITokenizer(tok.config, text_dim=tok.text_dim, llm_dim=tok.llm_dim)
+    return {
+        "trained": alignment_to_words(tok, words),
+        "untrained_projection": alignment_to_words(untrained, words),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=200)
@@ -213,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             "retrieval_fmri_to_text": held.get("retrieval"),
             "eval_seconds": round(eval_seconds, 1),
         },
+        "llm_alignment": llm_alignment(tok),
         "encode": enc,
         "crossatlas": crossatlas(tok, sim, work, args.crossatlas_scans, args.jobs),
         "real_hcp": real_hcp(tok, work),

@@ -60,6 +60,8 @@ class TokenizerConfig:
     text_encoder: Literal["minilm", "llm"] = "minilm"
     adversarial: bool = True
     adversarial_weight: float = 0.1
+    adversarial_noise: float = 1.0
+    adversarial_mode: Literal["nonsaturating", "grl"] = "nonsaturating"
     llm: str = "smollm2-135m-instruct"
     # -- optimisation
     steps: int = 1500
@@ -110,7 +112,13 @@ class TokenizerConfig:
                 raise FmrilmError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.ema_decay < 1:
             raise FmrilmError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        for name in ("commitment", "contrastive_weight", "adversarial_weight", "coord_jitter_mm"):
+        for name in (
+            "commitment",
+            "contrastive_weight",
+            "adversarial_weight",
+            "adversarial_noise",
+            "coord_jitter_mm",
+        ):
             if getattr(self, name) < 0:
                 raise FmrilmError(f"{name} must be >= 0, got {getattr(self, name)}")
 

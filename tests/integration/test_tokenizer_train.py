@@ -313,6 +313,25 @@ def test_setup_refusals(cohort_dir, corpus_dir, tmp_path):
     assert not (tmp_path / "c" / CHECKPOINT).exists()
 
 
+def test_resume_on_another_training_split_is_refused(cohort_dir, corpus_dir, tmp_path, monkeypatch):
+    data = tmp_path / "sim"
+    shutil.copytree(cohort_dir, data)
+    out = tmp_path / "tok"
+    _fail_at(monkeypatch, 4, ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, corpus_dir, out, tiny())
+    monkeypatch.undo()
+    c = Cohort(data)
+    # swap one training subject with one test subject
+    split = c.manifest["split"].copy()
+    a = c.manifest["subject"] == c.split("train")["subject"].iloc[0]
+    b = c.manifest["subject"] == c.split("test")["subject"].iloc[0]
+    split[a], split[b] = "test", "train"
+    c.set_splits(split)
+    with pytest.raises(FmrilmError, match="another cohort or training split"):
+        train(data, corpus_dir, out, tiny())
+
+
 def test_nan_in_the_data_fails_loudly_with_the_scan(cohort_dir, corpus_dir, tmp_path):
     bad = tmp_path / "sim"
     shutil.copytree(cohort_dir, bad)

@@ -142,6 +142,10 @@ def train_tokenizer(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    param_sets = [
+        [p for n, p in model.named_parameters() if not n.startswith("discriminator.")],
+        [p for n, p in model.named_parameters() if n.startswith("discriminator.")],
+    ]
     start, history, acc_state = 0, [], None
     if resume_meta is not None:
         if resume_meta.get("cohort_id") != cohort.meta.get("cohort_id") or resume_meta.get(
@@ -203,12 +207,14 @@ def train_tokenizer(
                         losses["nce"] = info_nce(v, texts_t[batch.text[has]], model.logit_scale)
                 if llm_e is not None:
                     # the discriminator learns at full strength; the encoder and projection
-                    # get its reversed gradient scaled by adversarial_weight x the DANN ramp
+                    # get adversarial_weight x the DANN ramp of the adversarial gradient
                     losses["adv"], acc_d = _adversarial(
                         model,
                         res["q"],
                         llm_e,
                         config.adversarial_weight * dann_scale(step / config.steps),
+                        config.adversarial_noise,
+                        config.adversarial_mode,
                     )
                     acc.add("disc_acc", acc_d)
             loss = (
@@ -224,7 +230,9 @@ def train_tokenizer(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            # clipped apart: the discriminator's gradients must not shrink the tokenizer's
+            for params in param_sets:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             acc.update(loss, losses, res["ids"], len(batch.x))
             bar.update(1)
@@ -335,16 +343,52 @@ def _check_out_dir(out: Path, config: TokenizerConfig) -> dict[str, Any] | None:
 
 
 def _adversarial(
-    model: FMRITokenizer, q: torch.Tensor, words: torch.Tensor, scale: float, n: int = 1024
+    model: FMRITokenizer,
+    q: torch.Tensor,
+    words: torch.Tensor,
+    weight: float,
+    noise: float = 0.0,
+    mode: str = "nonsaturating",
+    n: int = 1024,
 ) -> tuple[torch.Tensor, float]:
-    """Discriminator loss on projected code vectors (reversed gradient) vs word embeddings."""
+    """Adversarial alignment of projected code vectors with the LLM's word embeddings.
+
+    The discriminator always trains at full strength to tell projected codes (label 0) from
+    words (label 1). The projection (not the encoder) gets, scaled by ``weight``:
+
+    * ``grl``: the discriminator's gradient, reversed (gradient-reversal layer, Ganin &
+      Lempitsky 2015) -- this vanishes once the discriminator is confident;
+    * ``nonsaturating``: the gradient of ``-log D(code)`` through a frozen copy of the
+      discriminator (Goodfellow et al., 2014), which stays informative when it is confident.
+
+    ``noise`` adds Gaussian instance noise (in units of the words' per-dimension standard
+    deviation) to both sides: projected codes lie on a ``code_dim``-dimensional manifold, words
+    fill the space, and without noise the discriminator separates them perfectly
+    (Sønderby et al., 2016).
+    """
     flat = q.reshape(-1, q.shape[-1])
     pick = torch.randint(0, flat.shape[0], (min(n, flat.shape[0]),))
-    fake = grad_reverse(model.to_llm(flat[pick]).float(), scale)
+    # detached: the adversary shapes the projection only; measured, letting its gradient into
+    # the encoder collapsed the commitment loss and halved the codebook usage
+    fake = model.to_llm(flat[pick].detach()).float()
     real = words[torch.randint(0, words.shape[0], (len(pick),))]
-    logits = model.discriminator(torch.cat([fake, real]))
+    sd = noise * words.std(0)
+    if noise > 0:
+        fake = fake + sd * torch.randn_like(fake)
+        real = real + sd * torch.randn_like(real)
     labels = torch.cat([torch.zeros(len(pick)), torch.ones(len(pick))])
-    loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+    disc = model.discriminator
+    if mode == "grl":
+        logits = disc(torch.cat([grad_reverse(fake, weight), real]))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+    else:
+        logits = disc(torch.cat([fake.detach(), real]))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        frozen = {k: v.detach() for k, v in disc.named_parameters()}
+        g_logits = torch.func.functional_call(disc, frozen, (fake,))
+        loss = loss + weight * F.binary_cross_entropy_with_logits(
+            g_logits.float(), torch.ones(len(pick))
+        )
     acc = float(((logits.detach() > 0).float() == labels).float().mean())
     return loss, acc
 

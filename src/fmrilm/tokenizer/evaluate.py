@@ -242,3 +242,31 @@ def pca_reference(
         )
     best = max(curve, key=lambda d: d["train_r2"])
     return {"bits_per_window": bits_per_window, "best": best, "curve": curve}
+
+
+@torch.no_grad()
+def alignment_to_words(tok, words: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """How word-like the projected codebook is (what stage 2 initialises fMRI tokens with).
+
+    * ``norm_ratio``: mean norm of projected codes / mean norm of word embeddings (1 = same scale);
+    * ``code_to_nearest_word_cos``: mean cosine of each projected code to its nearest word;
+    * ``word_to_nearest_word_cos``: the same for 2,000 random words against the other words
+      (the reference: how close words sit to each other);
+    * ``mean_offset_cos``: cosine between the mean projected code and the mean word.
+    """
+    codes = tok.code_embeddings_for_llm().float()
+    words = words.float()
+    wn = F.normalize(words, dim=-1)
+    cn = F.normalize(codes, dim=-1)
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randperm(len(words), generator=g)[:2000]
+    sims_w = wn[sample] @ wn.t()
+    sims_w[torch.arange(len(sample)), sample] = -2.0  # exclude the word itself
+    return {
+        "norm_ratio": round(float(codes.norm(dim=-1).mean() / words.norm(dim=-1).mean()), 4),
+        "code_to_nearest_word_cos": round(float((cn @ wn.t()).max(1).values.mean()), 4),
+        "word_to_nearest_word_cos": round(float(sims_w.max(1).values.mean()), 4),
+        "mean_offset_cos": round(
+            float(F.cosine_similarity(codes.mean(0), words.mean(0), dim=0)), 4
+        ),
+    }
