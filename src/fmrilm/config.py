@@ -126,6 +126,33 @@ class TokenizerConfig:
     def n_patches(self) -> int:
         return self.window // self.patch
 
+    @classmethod
+    def tiny(cls, **overrides: Any) -> TokenizerConfig:
+        """A model small enough to train in well under a second a step (tests, smoke runs).
+
+        Alignment is off unless switched on; ``llm="tiny"`` is the random test Llama.
+        """
+        base: dict[str, Any] = dict(
+            d_model=16,
+            n_heads=2,
+            enc_layers=1,
+            dec_layers=1,
+            fourier_features=8,
+            codebook_size=16,
+            code_dim=8,
+            window=16,
+            patch=4,
+            batch_size=4,
+            steps=4,
+            llm="tiny",
+            contrastive=False,
+            adversarial=False,
+        )
+        base.update(overrides)
+        cfg = cls(**base)
+        cfg.validate()
+        return cfg
+
 
 # -- loading -------------------------------------------------------------------------------
 

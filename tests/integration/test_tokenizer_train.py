@@ -53,28 +53,8 @@ def fake_text_encoder(texts: list[str]) -> np.ndarray:
 
 
 def tiny(**kw) -> TokenizerConfig:
-    base = dict(
-        tr=2.0,
-        window=16,
-        patch=4,
-        d_model=16,
-        n_heads=2,
-        enc_layers=1,
-        dec_layers=1,
-        fourier_features=8,
-        codebook_size=16,
-        code_dim=8,
-        batch_size=4,
-        steps=8,
-        warmup=2,
-        log_every=2,
-        ckpt_every=4,
-        llm="tiny",
-        contrastive=True,
-        adversarial=True,
-    )
-    base.update(kw)
-    return TokenizerConfig(**base)
+    base = dict(steps=8, warmup=2, log_every=2, ckpt_every=4, contrastive=True, adversarial=True)
+    return TokenizerConfig.tiny(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -29,25 +29,7 @@ def _one_torch_thread():
 
 
 def tiny_config(**kw) -> TokenizerConfig:
-    base = dict(
-        tr=TR,
-        d_model=16,
-        n_heads=2,
-        enc_layers=1,
-        dec_layers=1,
-        codebook_size=16,
-        code_dim=8,
-        window=16,
-        patch=4,
-        fourier_features=8,
-        batch_size=4,
-        steps=4,
-        llm="tiny",
-        contrastive=False,
-        adversarial=False,
-    )
-    base.update(kw)
-    return TokenizerConfig(**base)
+    return TokenizerConfig.tiny(**{"tr": TR, **kw})
 
 
 def roi_table(n: int, seed: int = 0) -> pd.DataFrame:

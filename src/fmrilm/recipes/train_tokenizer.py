@@ -142,9 +142,15 @@ def train_tokenizer(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    # gradients are clipped per group: the adversarial game's gradients (projection and
+    # discriminator) must not shrink the tokenizer's own
+    adversarial_prefixes = ("to_llm.", "discriminator.")
     param_sets = [
-        [p for n, p in model.named_parameters() if not n.startswith("discriminator.")],
-        [p for n, p in model.named_parameters() if n.startswith("discriminator.")],
+        [p for n, p in model.named_parameters() if not n.startswith(adversarial_prefixes)],
+        *(
+            [p for n, p in model.named_parameters() if n.startswith(prefix)]
+            for prefix in adversarial_prefixes
+        ),
     ]
     start, history, acc_state = 0, [], None
     if resume_meta is not None:
@@ -230,7 +236,6 @@ def train_tokenizer(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # clipped apart: the discriminator's gradients must not shrink the tokenizer's
             for params in param_sets:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
