@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate_baseline_vs_oracle.py --subjects 1000 --json benchmarks/results/simulate_baseline_vs_oracle.json
 	$(BIN)/python benchmarks/corpus_speed.py --out benchmarks/results/corpus_speed.json
 	$(BIN)/python benchmarks/corpus_validity.py --subjects 600 --json benchmarks/results/corpus_validity.json
+	$(BIN)/python benchmarks/tokenizer_quality.py --subjects 200 --retrain --json benchmarks/results/tokenizer_quality.json
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) runs/bench_tokenizer .pytest_cache .ruff_cache
