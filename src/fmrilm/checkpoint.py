@@ -35,12 +35,23 @@ def versions() -> dict[str, str]:
     }
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only the parameters that train (e.g. LoRA adapters and new embeddings of a frozen LLM)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def save_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    trainable_only: bool = False,
 ) -> None:
+    """``trainable_only`` stores the trainable parameters only (the frozen rest is reloaded)."""
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = trainable_state(model) if trainable_only else model.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for name, value in state.items():
@@ -48,6 +59,7 @@ def save_checkpoint(
             tensors[f"optim.{idx}.{name}"] = t.detach().cpu().contiguous()
     info = {
         "checkpoint_version": CHECKPOINT_VERSION,
+        "trainable_only": trainable_only,
         "versions": versions(),
         "param_groups": opt["param_groups"],
         **meta,
@@ -84,7 +96,15 @@ def load_checkpoint(
     info = read_checkpoint_meta(path)
     tensors = load_file(str(path))
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    load_state_strict(model, state, str(path))
+    if info.get("trainable_only"):
+        own = trainable_state(model)
+        if set(own) != set(state) or any(own[k].shape != v.shape for k, v in state.items()):
+            raise FmrilmError(f"{path}: trainable weights do not match the model")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+    else:
+        load_state_strict(model, state, str(path))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

@@ -182,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--out", type=Path, help="figure folder (default TOKENIZER/figures)")
     ins.add_argument("--data", type=Path, help="cohort for the reconstruction figure")
     ins.add_argument("--scan", help="scan id for the reconstruction (default: first test scan)")
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="stage 2 (work in progress): adapt an LLM to fMRI tokens and text with LoRA",
+    )
+    pre.add_argument("--tokenizer", required=True, type=Path, help="stage-1 tokenizer folder")
+    pre.add_argument("--data", required=True, type=Path, help="cohort folder")
+    pre.add_argument("--corpus", type=Path, help="descriptive corpus (description objective)")
+    pre.add_argument("--out", required=True, type=Path)
+    pre.add_argument("--llm", help="backbone name or folder (default smollm2-135m-instruct)")
+    pre.add_argument("--config", type=Path, help="YAML file of settings")
+    pre.add_argument("overrides", nargs="*", metavar="key=value")
+    pre.set_defaults(command="run")
     return p
 
 
@@ -457,6 +470,16 @@ def cmd_tokenizer_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fmrilm.config import PretrainConfig, load_config
+    from fmrilm.recipes.pretrain import run_pretrain
+
+    overrides = list(args.overrides) + ([f"llm={args.llm}"] if args.llm else [])
+    config = load_config(PretrainConfig, args.config, overrides)
+    run_pretrain(args.tokenizer, args.data, args.out, config, corpus=args.corpus)
+    return 0
+
+
 COMMANDS = {
     ("data", "import"): cmd_import,
     ("data", "simulate"): cmd_simulate,
@@ -468,6 +491,7 @@ COMMANDS = {
     ("tokenizer", "train"): cmd_tokenizer_train,
     ("tokenizer", "encode"): cmd_tokenizer_encode,
     ("tokenizer", "inspect"): cmd_tokenizer_inspect,
+    ("pretrain", "run"): cmd_pretrain,
 }
 
 

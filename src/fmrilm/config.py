@@ -154,6 +154,49 @@ class TokenizerConfig:
         return cfg
 
 
+@dataclass
+class PretrainConfig:
+    """Stage 2: joint fMRI-language modelling with LoRA (work in progress; see issue 5)."""
+
+    llm: str = "smollm2-135m-instruct"
+    # LoRA on the backbone's attention and MLP projections (targets from the backbone spec)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    # sequences: each fMRI span holds `span_patches` time steps of one window
+    span_patches: int = 3
+    max_len: int = 768
+    # objectives: a micro-batch of each kind per step, losses weighted (0 switches one off)
+    temporal_weight: float = 1.0
+    description_weight: float = 1.0
+    replay_weight: float = 0.5
+    # optimisation
+    steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-4
+    new_params_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 20
+    grad_clip: float = 1.0
+    bf16: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+
+    def validate(self) -> None:
+        _positive(self, "lr", "new_params_lr", "grad_clip")
+        _at_least(
+            self, 1, "lora_r", "lora_alpha", "span_patches", "max_len", "steps", "batch_size",
+            "grad_accum", "log_every", "ckpt_every",
+        )  # fmt: skip
+        weights = ("temporal_weight", "description_weight", "replay_weight")
+        if any(getattr(self, w) < 0 for w in weights) or not any(getattr(self, w) for w in weights):
+            raise FmrilmError(f"objective weights {weights} must be >= 0 and not all 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise FmrilmError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
 # -- loading -------------------------------------------------------------------------------
 
 

@@ -422,7 +422,7 @@ def test_refuses_other_format_versions_and_corrupt_config(saved):
 def test_refuses_partial_weights_even_with_a_matching_checksum(saved):
     from safetensors.torch import load_file, save_file
 
-    from fmrilm.tokenizer.neural_tokenizer import _sha256
+    from fmrilm.io import sha256_file as _sha256
 
     _, folder = saved
     state = load_file(str(folder / WEIGHTS_FILE))

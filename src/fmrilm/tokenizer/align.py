@@ -128,9 +128,9 @@ def llm_embedding_matrix(name: str) -> torch.Tensor:
     ``name`` is a backbone name or folder (see :func:`fmrilm.model.backbones.load_backbone`), or
     ``tiny`` for the randomly initialised test model.
     """
-    from fmrilm.model.backbones import load_backbone, tiny_llama
+    from fmrilm.model.backbones import load_backbone
 
-    model = tiny_llama() if name == "tiny" else load_backbone(name)[0]
+    model = load_backbone(name)[0]
     weight = model.get_input_embeddings().weight.detach().float().clone()
     del model
     return weight

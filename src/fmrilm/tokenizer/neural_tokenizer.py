@@ -13,7 +13,6 @@ checksum and loads every tensor strictly; it never executes code from the folder
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import nn
 from fmrilm.checkpoint import load_state_strict
 from fmrilm.config import TokenizerConfig, from_dict, to_dict
 from fmrilm.errors import FmrilmError
+from fmrilm.io import sha256_file
 from fmrilm.tokenizer.align import Discriminator
 from fmrilm.tokenizer.encoder import (
     MNI_SCALE_MM,
@@ -338,7 +338,7 @@ class FMRITokenizer(nn.Module):
                 "window_frames": self.config.window,
                 "patch_frames": self.config.patch,
             },
-            "weights_sha256": _sha256(directory / WEIGHTS_FILE),
+            "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
             **(extra or {}),
         }
         write_json(directory / CONFIG_FILE, meta)
@@ -368,7 +368,7 @@ class FMRITokenizer(nn.Module):
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise FmrilmError(f"{directory}: {WEIGHTS_FILE} is missing")
-        if _sha256(weights) != meta.get("weights_sha256"):
+        if sha256_file(weights) != meta.get("weights_sha256"):
             raise FmrilmError(
                 f"{weights}: checksum does not match {CONFIG_FILE} (corrupt or replaced file)"
             )
@@ -380,14 +380,6 @@ class FMRITokenizer(nn.Module):
             raise FmrilmError(f"{weights}: cannot read ({exc})") from None
         load_state_strict(model, state, str(weights))
         return model.to(device).eval()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _unpack(series: Any, tr: float | None) -> tuple[np.ndarray, float]:

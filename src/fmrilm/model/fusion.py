@@ -1,0 +1,270 @@
+"""Early fusion of fMRI tokens and text in one causal LM (stage 2) -- work in progress.
+
+fMRI codes become new vocabulary entries. They live in their own embedding table (codebook
+size + 3 delimiters), next to the backbone's frozen word embeddings, so LoRA adapters and the
+new rows are the only trainable weights. Ids are one sequence space:
+
+* ``0 .. text_size - 1``: the text tokenizer's ids (the backbone's embeddings and LM head);
+* ``text_size + c`` for code ``c`` of the fMRI tokenizer (``0 <= c < n_codes``);
+* ``text_size + n_codes + {0, 1, 2}``: ``<fmri>``, ``</fmri>`` and the time-step delimiter.
+
+Every id is derived from the two tokenizers (:class:`FmriVocab`), never written as a literal.
+The new code rows start as the fMRI tokenizer's codebook projected into the LLM's embedding
+space (:meth:`fmrilm.tokenizer.FMRITokenizer.code_embeddings_for_llm`); the delimiters start at
+the mean word embedding. A separate output head (zero-initialised) scores the next fMRI token
+over the codebook, so positions that predict codes never pay for the full text vocabulary.
+
+A window of ROI x patch codes is laid out time step by time step::
+
+    <fmri> <step> c(roi 1, t 1) ... c(roi R, t 1) <step> c(roi 1, t 2) ... </fmri>
+
+so next-token prediction inside the span is temporal prediction: the codes of step t given all
+earlier steps (and the earlier ROIs of step t).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmrilm.errors import FmrilmError
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class FmriVocab:
+    """The id layout of the joint sequence, derived from the two tokenizers."""
+
+    text_size: int
+    n_codes: int
+
+    @classmethod
+    def from_tokenizers(cls, text_tokenizer, fmri_tokenizer) -> FmriVocab:
+        return cls(text_size=len(text_tokenizer), n_codes=fmri_tokenizer.config.codebook_size)
+
+    @property
+    def start(self) -> int:
+        return self.text_size + self.n_codes
+
+    @property
+    def end(self) -> int:
+        return self.text_size + self.n_codes + 1
+
+    @property
+    def step(self) -> int:
+        return self.text_size + self.n_codes + 2
+
+    @property
+    def n_new(self) -> int:
+        return self.n_codes + 3
+
+    @property
+    def size(self) -> int:
+        return self.text_size + self.n_new
+
+    def codes_to_ids(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.size and (codes.min() < 0 or codes.max() >= self.n_codes):
+            raise FmrilmError(
+                f"fMRI codes must lie in [0, {self.n_codes}), got {codes.min()}..{codes.max()}"
+            )
+        return codes + self.text_size
+
+    def span(self, codes: np.ndarray) -> list[int]:
+        """The token ids of one window's codes (ROIs, patches), time step by time step."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise FmrilmError(
+                f"a window's codes must have shape (ROIs, patches), got {codes.shape}"
+            )
+        ids = [self.start]
+        for p in range(codes.shape[1]):
+            col = codes[:, p]
+            if (col < 0).any():  # a short last window: stop at the first missing patch
+                break
+            ids.append(self.step)
+            ids.extend(self.codes_to_ids(col).tolist())
+        ids.append(self.end)
+        return ids
+
+
+class FMRILM(nn.Module):
+    """A causal LM that reads and predicts fMRI codes next to text.
+
+    ``backbone`` is a Hugging Face causal LM (optionally wrapped by peft); only its input
+    embeddings, decoder stack and LM head are used.
+    """
+
+    def __init__(self, backbone, vocab: FmriVocab, code_embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.vocab = vocab
+        emb = backbone.get_input_embeddings()
+        hidden = emb.weight.shape[1]
+        if emb.weight.shape[0] < vocab.text_size:
+            raise FmrilmError(
+                f"the backbone has {emb.weight.shape[0]} word embeddings but the text tokenizer "
+                f"{vocab.text_size} tokens"
+            )
+        self.fmri_embed = nn.Embedding(vocab.n_new, hidden)
+        with torch.no_grad():
+            mean = emb.weight.float().mean(0)
+            self.fmri_embed.weight.copy_(mean.expand(vocab.n_new, hidden))
+            if code_embeddings is not None:
+                if code_embeddings.shape != (vocab.n_codes, hidden):
+                    raise FmrilmError(
+                        f"code embeddings have shape {tuple(code_embeddings.shape)}; the backbone "
+                        f"needs ({vocab.n_codes}, {hidden}) -- the tokenizer was aligned to another "
+                        "LLM (retrain it with llm=<this backbone>)"
+                    )
+                self.fmri_embed.weight[: vocab.n_codes] = code_embeddings.float()
+        # scores the next fMRI code. Zero-initialised (a uniform first guess, loss ln K):
+        # initialised like a tied head on the new rows it started at a loss of ~12 nats with
+        # SmolLM2, confidently wrong, since hidden states at fMRI positions are word-like
+        self.fmri_head = nn.Linear(hidden, vocab.n_codes, bias=False)
+        nn.init.zeros_(self.fmri_head.weight)
+
+    # -- pieces of the backbone -------------------------------------------------------------------
+    def _base(self):
+        model = self.backbone
+        if hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        return model
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        words = self.backbone.get_input_embeddings()
+        is_text = ids < self.vocab.text_size
+        out = words(torch.where(is_text, ids, torch.zeros_like(ids)))
+        new = self.fmri_embed(
+            torch.where(is_text, torch.zeros_like(ids), ids - self.vocab.text_size)
+        )
+        return torch.where(is_text.unsqueeze(-1), out, new.to(out.dtype))
+
+    def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        decoder = self._base().get_decoder()
+        return decoder(
+            inputs_embeds=self.embed(ids), attention_mask=attention_mask
+        ).last_hidden_state
+
+    # -- training losses ------------------------------------------------------------------------
+    def forward(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, loss_mask=None
+    ) -> dict[str, torch.Tensor]:
+        """Next-token losses: text targets through the LM head, code targets through the fMRI head.
+
+        ``loss_mask`` (B, L) bool marks the target positions that count (e.g. only the
+        description after an fMRI span); by default every non-padding target counts, except
+        delimiters, which are deterministic.
+        """
+        h = self.hidden_states(ids, attention_mask)[:, :-1]
+        target = ids[:, 1:]
+        keep = torch.ones_like(target, dtype=torch.bool)
+        if attention_mask is not None:
+            keep &= attention_mask[:, 1:].bool()
+        if loss_mask is not None:
+            keep &= loss_mask[:, 1:].bool()
+        is_text = target < self.vocab.text_size
+        is_code = (target >= self.vocab.text_size) & (target < self.vocab.start)
+        out: dict[str, torch.Tensor] = {}
+        sel = keep & is_text
+        if sel.any():
+            logits = self._base().get_output_embeddings()(h[sel])
+            out["text_loss"] = F.cross_entropy(logits.float(), target[sel])
+            out["text_tokens"] = sel.sum()
+        sel = keep & is_code
+        if sel.any():
+            logits = self.fmri_head(h[sel].to(self.fmri_head.weight.dtype))
+            codes = target[sel] - self.vocab.text_size
+            out["fmri_loss"] = F.cross_entropy(logits.float(), codes)
+            out["fmri_acc"] = (logits.argmax(-1) == codes).float().mean()
+            out["fmri_tokens"] = sel.sum()
+        return out
+
+
+# -- persistence ---------------------------------------------------------------------------------
+
+MODEL_FORMAT = "fmrilm-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def save_model(model: FMRILM, directory, pretrain_config, fmri_tokenizer) -> None:
+    """Write a stage-2 model folder: trainable weights, the fMRI tokenizer, config.json last.
+
+    The frozen backbone is not copied: ``config.json`` names it (``llm``) and loading rebuilds
+    it from the registry, then applies the saved LoRA adapters and fMRI tables.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from fmrilm.checkpoint import trainable_state, versions
+    from fmrilm.config import to_dict
+    from fmrilm.io import atomic_path, sha256_file, write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fmri_tokenizer.save_pretrained(directory / "tokenizer")
+    state = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
+    with atomic_path(directory / "trainable.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    write_json(
+        directory / "config.json",
+        {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "versions": versions(),
+            "pretrain": to_dict(pretrain_config),
+            "vocab": {"text_size": model.vocab.text_size, "n_codes": model.vocab.n_codes},
+            "weights_sha256": sha256_file(directory / "trainable.safetensors"),
+        },
+    )
+
+
+def load_model(directory, device: str = "cpu"):
+    """(FMRILM, text tokenizer, fMRI tokenizer, PretrainConfig) from a folder of save_model."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from fmrilm.checkpoint import trainable_state
+    from fmrilm.config import PretrainConfig, from_dict
+    from fmrilm.io import read_json, sha256_file
+    from fmrilm.recipes.pretrain import build_model
+    from fmrilm.tokenizer import FMRITokenizer
+
+    directory = Path(directory)
+    meta = read_json(
+        directory / "config.json", missing=f"{directory} is not an fmrilm model (no config.json)"
+    )
+    if meta.get("format") != MODEL_FORMAT:
+        raise FmrilmError(f"{directory}: config.json is not an fmrilm stage-2 model")
+    if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise FmrilmError(
+            f"{directory}: model format version {meta.get('format_version')} differs from this "
+            f"fmrilm's {MODEL_FORMAT_VERSION}"
+        )
+    weights = directory / "trainable.safetensors"
+    if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
+        raise FmrilmError(f"{weights}: missing, or its checksum does not match config.json")
+    config = from_dict(PretrainConfig, meta["pretrain"], where=str(directory / "config.json"))
+    fmri_tok = FMRITokenizer.from_pretrained(directory / "tokenizer", device=device)
+    model, text_tok = build_model(config, fmri_tok)
+    if {"text_size": model.vocab.text_size, "n_codes": model.vocab.n_codes} != meta["vocab"]:
+        raise FmrilmError(
+            f"{directory}: the backbone's tokenizer differs from the one trained with"
+        )
+    state = load_file(str(weights), device=device)
+    own = trainable_state(model)
+    if set(own) != set(state) or any(own[k].shape != v.shape for k, v in state.items()):
+        raise FmrilmError(
+            f"{weights}: trainable weights do not match {config.llm} with this config"
+        )
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+    return model.to(device).eval(), text_tok, fmri_tok, config

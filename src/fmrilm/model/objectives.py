@@ -1,0 +1,95 @@
+"""Training examples of stage 2 -- work in progress.
+
+Three objectives, each a function that turns data into token ids plus a loss mask:
+
+* **temporal prediction**: an fMRI span alone; the loss is on every code (next time step's
+  codes given the earlier ones);
+* **fMRI -> description**: a chat turn whose user message holds the span and an instruction and
+  whose answer is one of the scan's descriptor texts from the corpus; the loss is on the answer;
+* **text replay**: plain text from the replay set; the loss is on every token.
+
+Ids follow :class:`fmrilm.model.fusion.FmriVocab`; the text tokenizer's chat template is used
+when it has one (SmolLM2-Instruct: ChatML), else a plain ``Scan: ... Description:`` format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fmrilm.errors import FmrilmError
+from fmrilm.model.fusion import FmriVocab
+
+PLACEHOLDER = "\x00FMRI\x00"
+DESCRIBE = "Describe this brain scan."
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    loss_mask: list[bool]
+    kind: str
+
+
+def temporal_example(vocab: FmriVocab, codes: np.ndarray) -> Example:
+    ids = vocab.span(codes)
+    return Example(ids, [True] * len(ids), "temporal")
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_parts(tokenizer, instruction: str = DESCRIBE) -> tuple[list[int], list[int]]:
+    """Token ids before and after the fMRI span in the user turn (generation prompt included)."""
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{PLACEHOLDER}\n{instruction}"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    else:
+        rendered = f"Scan: {PLACEHOLDER}\n{instruction}\nAnswer:"
+    if rendered.count(PLACEHOLDER) != 1:
+        raise FmrilmError("the chat template dropped or repeated the fMRI placeholder")
+    before, after = rendered.split(PLACEHOLDER)
+    return _text_ids(tokenizer, before), _text_ids(tokenizer, after)
+
+
+def description_example(
+    vocab: FmriVocab, tokenizer, codes: np.ndarray, answer: str, instruction: str = DESCRIBE
+) -> Example:
+    before, after = prompt_parts(tokenizer, instruction)
+    span = vocab.span(codes)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    reply = _text_ids(tokenizer, answer) + eos
+    ids = before + span + after + reply
+    mask = [False] * (len(ids) - len(reply)) + [True] * len(reply)
+    return Example(ids, mask, "description")
+
+
+def replay_example(tokenizer, text: str) -> Example:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = bos + _text_ids(tokenizer, text) + eos
+    return Example(ids, [False] * len(bos) + [True] * (len(ids) - len(bos)), "replay")
+
+
+def collate(
+    examples: list[Example], pad_id: int, max_len: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch: ids, attention_mask, loss_mask (truncated to ``max_len``)."""
+    if not examples:
+        raise FmrilmError("cannot build a batch from no examples")
+    seqs = [(e.ids[:max_len], e.loss_mask[:max_len]) for e in examples]
+    n = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    loss = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for i, (s, m) in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        loss[i, : len(m)] = torch.tensor(m)
+    return {"ids": ids, "attention_mask": att, "loss_mask": loss}

@@ -1,0 +1,283 @@
+"""Stage 2 recipe: joint fMRI-language modelling with LoRA -- work in progress (issue 5).
+
+setup (fMRI tokenizer, backbone + LoRA, codes of the training scans, corpus texts, replay
+text) -> train (resumable; a micro-batch per objective per step) -> save.
+
+Done so far: the training loop on one process with the three objectives, trainable-only
+checkpoints with exact resume. Still missing (see issue 5 notes): ``FMRILM.from_pretrained``,
+the CLI, torchrun/DDP, the continuous-projector ablation, the benchmark and the demo step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmrilm.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint, versions
+from fmrilm.config import PretrainConfig, to_dict
+from fmrilm.errors import FmrilmError
+from fmrilm.model.fusion import FMRILM, FmriVocab
+from fmrilm.model.objectives import (
+    collate,
+    description_example,
+    replay_example,
+    temporal_example,
+)
+from fmrilm.runtime import autocast, seed_step, use_bf16
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class ScanCodes:
+    scan_id: str
+    codes: np.ndarray  # (windows, ROIs, patches), -1 = missing patch
+    texts: list[str]
+
+
+def encode_scans(fmri_tok, cohort, rows, corpus=None, progress: bool = False) -> list[ScanCodes]:
+    """Codes of every scan in ``rows`` (+ its descriptor texts when a corpus is given)."""
+    from tqdm.auto import tqdm
+
+    from fmrilm.recipes.train_tokenizer import scan_texts
+
+    texts = scan_texts(corpus, rows["scan_id"].tolist()) if corpus is not None else {}
+    out = []
+    for r in tqdm(rows.itertuples(), total=len(rows), desc="encode", disable=not progress):
+        tokens = fmri_tok.encode(
+            cohort.series(r.scan_id), tr=float(r.tr), atlas=cohort.atlas(r.atlas), what=r.scan_id
+        )
+        out.append(ScanCodes(r.scan_id, tokens.ids, texts.get(r.scan_id, [])))
+    return out
+
+
+def build_model(config: PretrainConfig, fmri_tok, backbone=None, text_tokenizer=None, spec=None):
+    """The backbone with LoRA adapters and the fMRI vocabulary; only new weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    from fmrilm.model.backbones import get_backbone
+
+    if backbone is None:
+        backbone, text_tokenizer, spec = get_backbone(config.llm)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(spec.lora_targets),
+        bias="none",
+    )
+    peft_model = get_peft_model(backbone, lora)
+    vocab = FmriVocab.from_tokenizers(text_tokenizer, fmri_tok)
+    hidden = backbone.get_input_embeddings().weight.shape[1]
+    codes = None
+    if fmri_tok.llm_dim:
+        if fmri_tok.llm_dim != hidden:
+            raise FmrilmError(
+                f"the fMRI tokenizer projects codes to {fmri_tok.llm_dim} dimensions but "
+                f"{config.llm} has {hidden}; retrain the tokenizer with llm={config.llm}"
+            )
+        codes = fmri_tok.code_embeddings_for_llm()
+    return FMRILM(peft_model, vocab, codes), text_tokenizer
+
+
+def lr_factor(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def sample_step(
+    step: int,
+    config: PretrainConfig,
+    scans: list[ScanCodes],
+    replay: list[str],
+    vocab: FmriVocab,
+    tokenizer,
+) -> dict[str, list]:
+    """The examples of ``step`` per objective, a pure function of (seed, step)."""
+    rng = np.random.default_rng([config.seed, step])
+
+    def window(s: ScanCodes) -> np.ndarray:
+        w = s.codes[int(rng.integers(len(s.codes)))]
+        valid = int((w[0] >= 0).sum())
+        n = min(config.span_patches, valid)
+        start = int(rng.integers(0, valid - n + 1))
+        return w[:, start : start + n]
+
+    out: dict[str, list] = {}
+    if config.temporal_weight > 0:
+        pick = rng.choice(len(scans), size=config.batch_size)
+        out["temporal"] = [temporal_example(vocab, window(scans[i])) for i in pick]
+    described = [s for s in scans if s.texts]
+    if config.description_weight > 0 and described:
+        pick = rng.choice(len(described), size=config.batch_size)
+        out["description"] = [
+            description_example(
+                vocab,
+                tokenizer,
+                window(described[i]),
+                described[i].texts[int(rng.integers(len(described[i].texts)))],
+            )
+            for i in pick
+        ]
+    if config.replay_weight > 0 and replay:
+        pick = rng.choice(len(replay), size=config.batch_size)
+        out["replay"] = [replay_example(tokenizer, replay[i]) for i in pick]
+    return out
+
+
+def train_joint(
+    model: FMRILM,
+    tokenizer,
+    scans: list[ScanCodes],
+    replay: list[str],
+    config: PretrainConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the trainable weights of ``model``; resumes from ``out/checkpoint.safetensors``."""
+    config.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    weights = {
+        "temporal": config.temporal_weight,
+        "description": config.description_weight,
+        "replay": config.replay_weight,
+    }
+    new = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("fmri_")]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fmri_")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora, "lr": config.lr, "base_lr": config.lr},
+            {"params": new, "lr": config.new_params_lr, "base_lr": config.new_params_lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    start, history = 0, []
+    if ckpt.exists():
+        meta = read_checkpoint_meta(ckpt)
+        saved = {
+            k: v for k, v in meta["config"].items() if k not in ("steps", "log_every", "ckpt_every")
+        }
+        now = {
+            k: v
+            for k, v in to_dict(config).items()
+            if k not in ("steps", "log_every", "ckpt_every")
+        }
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
+            raise FmrilmError(f"{out}: checkpoint trained with other settings ({', '.join(diff)})")
+        info = load_checkpoint(ckpt, model, optimizer)
+        start, history = int(info["step"]), list(info["history"])
+        log(f"resuming from {ckpt} at step {start}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    bf16 = use_bf16(config.bf16)
+    sums: dict[str, float] = {}
+    n_tokens, t0, n_steps = 0, time.perf_counter(), 0
+    for step in range(start, config.steps):
+        seed_step(config.seed, step)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, config)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        batches = sample_step(step, config, scans, replay, model.vocab, tokenizer)
+        for kind, examples in batches.items():
+            for chunk in np.array_split(np.arange(len(examples)), config.grad_accum):
+                if len(chunk) == 0:
+                    continue
+                batch = collate([examples[i] for i in chunk], pad, config.max_len)
+                with autocast(bf16):
+                    res = model(batch["ids"], batch["attention_mask"], batch["loss_mask"])
+                key = "fmri_loss" if kind == "temporal" else "text_loss"
+                if key not in res:
+                    continue
+                loss = weights[kind] * res[key] * len(chunk) / len(examples)
+                loss.backward()
+                sums[f"{kind}_loss"] = sums.get(f"{kind}_loss", 0.0) + float(
+                    res[key].detach()
+                ) * len(chunk) / len(examples)
+                if kind == "temporal":
+                    sums["fmri_acc"] = sums.get("fmri_acc", 0.0) + float(res["fmri_acc"]) * len(
+                        chunk
+                    ) / len(examples)
+                n_tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(lora + new, config.grad_clip)
+        optimizer.step()
+        n_steps += 1
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            dt = time.perf_counter() - t0
+            entry = {"step": done, **{k: round(v / n_steps, 4) for k, v in sums.items()}}
+            entry["tokens_per_s"] = round(n_tokens / max(dt, 1e-9), 1)
+            history.append(entry)
+            log(" | ".join(f"{k} {v}" for k, v in entry.items()))
+            sums, n_tokens, t0, n_steps = {}, 0, time.perf_counter(), 0
+        if done % config.ckpt_every == 0 or done == config.steps:
+            save_checkpoint(
+                ckpt,
+                model,
+                optimizer,
+                {"config": to_dict(config), "step": done, "history": history},
+                trainable_only=True,
+            )
+    return {"config": to_dict(config), "versions": versions(), "history": history}
+
+
+def run_pretrain(
+    tokenizer_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    config: PretrainConfig,
+    corpus: str | Path | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``fmrilm pretrain``: codes of the training split + corpus texts + replay -> stage-2 model."""
+    from fmrilm.corpus.build import Corpus
+    from fmrilm.data.cohort import Cohort
+    from fmrilm.io import write_json
+    from fmrilm.model.fusion import save_model
+    from fmrilm.tokenizer import FMRITokenizer
+
+    config.validate()
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise FmrilmError(f"{out} already holds a model; choose another --out")
+    t0 = time.perf_counter()
+    fmri_tok = FMRITokenizer.from_pretrained(tokenizer_dir)
+    cohort = Cohort(data)
+    corpus_obj = Corpus(corpus) if corpus is not None else None
+    if config.description_weight > 0 and corpus_obj is None:
+        raise FmrilmError("the description objective needs --corpus DIR (or description_weight=0)")
+    scans = encode_scans(fmri_tok, cohort, cohort.split("train"), corpus_obj, progress=progress)
+    replay: list[str] = []
+    if config.replay_weight > 0:
+        from fmrilm.model.replay import load_replay
+
+        replay = load_replay("train")
+    model, text_tok = build_model(config, fmri_tok)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log(
+        f"stage 2: {config.llm}, {n_train / 1e6:.2f} M of {n_all / 1e6:.1f} M parameters train; "
+        f"{len(scans)} training scans, {len(replay)} replay passages"
+    )
+    summary = train_joint(model, text_tok, scans, replay, config, out, log=log)
+    save_model(model, out, config, fmri_tok)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "training.json", summary)
+    log(f"saved stage-2 model to {out} ({summary['seconds']} s)")
+    return summary

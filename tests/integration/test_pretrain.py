@@ -1,0 +1,122 @@
+"""Stage 2 (work in progress): joint training on the tiny backbone learns and resumes exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from fmrilm.config import PretrainConfig, TokenizerConfig
+from fmrilm.model.backbones import get_backbone
+from fmrilm.model.objectives import description_example, replay_example
+from fmrilm.recipes.pretrain import ScanCodes, build_model, train_joint
+from fmrilm.tokenizer import FMRITokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(seed=0):
+    backbone, tok, spec = get_backbone("tiny")
+    hidden = backbone.get_input_embeddings().weight.shape[1]
+    torch.manual_seed(seed)
+    fmri_tok = FMRITokenizer(TokenizerConfig.tiny(), llm_dim=hidden)
+    model, tok = build_model(
+        PretrainConfig(llm="tiny"), fmri_tok, backbone=backbone, text_tokenizer=tok, spec=spec
+    )
+    return model, tok
+
+
+def _scans(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    # a learnable temporal rule: every ROI's code at step t+1 is its code at step t plus 1
+    out = []
+    for i in range(n):
+        base = rng.integers(0, 16, size=(3, 5, 1))
+        codes = (base + np.arange(4)[None, None, :]) % 16
+        out.append(ScanCodes(f"s{i}", codes, [f"Signal level {i % 3} and slow drift."]))
+    return out
+
+
+def _cfg(**kw):
+    base = dict(
+        llm="tiny", steps=6, batch_size=2, span_patches=3, log_every=2, ckpt_every=3, warmup=1,
+        lr=1e-2, new_params_lr=1e-2, bf16="off",
+    )  # fmt: skip
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_examples_mask_only_what_is_learned():
+    model, tok = _setup()
+    ex = description_example(model.vocab, tok, np.zeros((3, 2), dtype=int), "a short answer")
+    answer_ids = tok("a short answer", add_special_tokens=False)["input_ids"]
+    masked = [i for i, m in zip(ex.ids, ex.loss_mask, strict=True) if m]
+    assert masked[: len(answer_ids)] == answer_ids and masked[-1] == tok.eos_token_id
+    assert model.vocab.start in ex.ids and model.vocab.end in ex.ids
+    rep = replay_example(tok, "plain words")
+    assert all(rep.loss_mask[1:])
+
+
+def test_joint_training_learns_and_resumes_exactly(tmp_path, monkeypatch):
+    replay = ["The river flows to the sea.", "Bread is baked in an oven."]
+    model, tok = _setup()
+    summary = train_joint(
+        model, tok, _scans(), replay, _cfg(steps=12), tmp_path / "a", log=lambda s: None
+    )
+    first, last = summary["history"][0], summary["history"][-1]
+    assert last["temporal_loss"] < first["temporal_loss"]
+    assert {"description_loss", "replay_loss", "fmri_acc", "tokens_per_s"} <= set(last)
+
+    # straight 6 steps vs 3 steps + resume to 6: identical trainable weights
+    m1, tok1 = _setup()
+    train_joint(m1, tok1, _scans(), replay, _cfg(), tmp_path / "b", log=lambda s: None)
+    from fmrilm.recipes import pretrain
+
+    real = pretrain.sample_step
+
+    def crash_at_3(step, *args):
+        if step == 3:
+            raise RuntimeError("simulated crash after the step-3 checkpoint")
+        return real(step, *args)
+
+    m2, tok2 = _setup()
+    monkeypatch.setattr(pretrain, "sample_step", crash_at_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_joint(m2, tok2, _scans(), replay, _cfg(), tmp_path / "c", log=lambda s: None)
+    monkeypatch.undo()
+    m3, tok3 = _setup()
+    lines = []
+    train_joint(m3, tok3, _scans(), replay, _cfg(), tmp_path / "c", log=lines.append)
+    assert any(line.startswith("resuming from") for line in lines)
+    a = {n: p for n, p in m1.named_parameters() if p.requires_grad}
+    b = {n: p for n, p in m3.named_parameters() if p.requires_grad}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_and_load_give_the_same_model(tmp_path):
+    from fmrilm.model.fusion import load_model, save_model
+
+    model, tok = _setup()
+    fmri_tok = FMRITokenizer(TokenizerConfig.tiny(), llm_dim=model.fmri_embed.weight.shape[1])
+    cfg = _cfg(steps=2)
+    train_joint(model, tok, _scans(), [], cfg, tmp_path / "run", log=lambda s: None)
+    save_model(model, tmp_path / "model", cfg, fmri_tok)
+    loaded, tok2, fmri2, cfg2 = load_model(tmp_path / "model")
+    ids = torch.tensor([model.vocab.span(np.arange(6).reshape(3, 2)) + [5, 6, 7]])
+    model.eval()
+    with torch.no_grad():
+        a, b = model(ids), loaded(ids)
+    assert torch.allclose(a["fmri_loss"], b["fmri_loss"]) and torch.allclose(
+        a["text_loss"], b["text_loss"]
+    )
+    assert cfg2 == cfg and len(tok2) == len(tok)
+    # a changed weights file is refused
+    (tmp_path / "model" / "trainable.safetensors").write_bytes(b"garbage")
+    from fmrilm.errors import FmrilmError
+
+    with pytest.raises(FmrilmError, match="checksum"):
+        load_model(tmp_path / "model")
