@@ -45,3 +45,20 @@ def autocast(enabled: bool, device: str = "cpu"):
 def seed_step(seed: int, step: int) -> None:
     """Seed torch from (seed, step) so a resumed run draws the same random numbers."""
     torch.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun set up (gloo on CPU, nccl on GPU); (rank, world size).
+
+    Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) this is a no-op: (0, 1).
+    """
+    import os
+
+    dist = torch.distributed
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()

@@ -163,6 +163,28 @@ class FMRILM(nn.Module):
         """
         h = self.hidden_states(ids, attention_mask)[:, :-1]
         target = ids[:, 1:]
+        text_sel, code_sel = self.target_masks(ids, attention_mask, loss_mask)
+        out: dict[str, torch.Tensor] = {}
+        if text_sel.any():
+            logits = self._base().get_output_embeddings()(h[text_sel])
+            nll = F.cross_entropy(logits.float(), target[text_sel], reduction="sum")
+            out["text_loss_sum"], out["text_tokens"] = nll, text_sel.sum()
+            out["text_loss"] = nll / text_sel.sum()
+        if code_sel.any():
+            logits = self.fmri_head(h[code_sel].to(self.fmri_head.weight.dtype))
+            codes = target[code_sel] - self.vocab.text_size
+            nll = F.cross_entropy(logits.float(), codes, reduction="sum")
+            out["fmri_loss_sum"], out["fmri_tokens"] = nll, code_sel.sum()
+            out["fmri_loss"] = nll / code_sel.sum()
+            out["fmri_correct"] = (logits.argmax(-1) == codes).sum()
+            out["fmri_acc"] = out["fmri_correct"].float() / code_sel.sum()
+        return out
+
+    def target_masks(
+        self, ids: torch.Tensor, attention_mask=None, loss_mask=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which next-token targets count as text and as fMRI codes, each (B, L - 1) bool."""
+        target = ids[:, 1:]
         keep = torch.ones_like(target, dtype=torch.bool)
         if attention_mask is not None:
             keep &= attention_mask[:, 1:].bool()
@@ -170,20 +192,7 @@ class FMRILM(nn.Module):
             keep &= loss_mask[:, 1:].bool()
         is_text = target < self.vocab.text_size
         is_code = (target >= self.vocab.text_size) & (target < self.vocab.start)
-        out: dict[str, torch.Tensor] = {}
-        sel = keep & is_text
-        if sel.any():
-            logits = self._base().get_output_embeddings()(h[sel])
-            out["text_loss"] = F.cross_entropy(logits.float(), target[sel])
-            out["text_tokens"] = sel.sum()
-        sel = keep & is_code
-        if sel.any():
-            logits = self.fmri_head(h[sel].to(self.fmri_head.weight.dtype))
-            codes = target[sel] - self.vocab.text_size
-            out["fmri_loss"] = F.cross_entropy(logits.float(), codes)
-            out["fmri_acc"] = (logits.argmax(-1) == codes).float().mean()
-            out["fmri_tokens"] = sel.sum()
-        return out
+        return keep & is_text, keep & is_code
 
 
 # -- persistence ---------------------------------------------------------------------------------

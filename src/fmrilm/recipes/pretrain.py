@@ -89,6 +89,22 @@ def build_model(config: PretrainConfig, fmri_tok, backbone=None, text_tokenizer=
     return FMRILM(peft_model, vocab, codes), text_tokenizer
 
 
+def _dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun / torch.distributed, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_int(value: int, world: int) -> int:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
 def lr_factor(step: int, config: PretrainConfig) -> float:
     if step < config.warmup:
         return (step + 1) / config.warmup
@@ -184,7 +200,13 @@ def train_joint(
         log(f"resuming from {ckpt} at step {start}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bf16 = use_bf16(config.bf16)
-    sums: dict[str, float] = {}
+    trainable = lora + new
+    rank, world = _dist_rank_world()
+    if world > 1:  # every process starts from rank 0's weights
+        for p in trainable:
+            torch.distributed.broadcast(p.data, src=0)
+    kinds = ("temporal", "description", "replay")
+    sums = torch.zeros(2 * len(kinds) + 2, dtype=torch.float64)
     n_tokens, t0, n_steps = 0, time.perf_counter(), 0
     for step in range(start, config.steps):
         seed_step(config.seed, step)
@@ -192,39 +214,65 @@ def train_joint(
             g["lr"] = g["base_lr"] * lr_factor(step, config)
         model.train()
         optimizer.zero_grad(set_to_none=True)
+        # every process draws the same global batch and takes its share: rank::world
         batches = sample_step(step, config, scans, replay, model.vocab, tokenizer)
+        step_sums = torch.zeros_like(sums)
         for kind, examples in batches.items():
-            for chunk in np.array_split(np.arange(len(examples)), config.grad_accum):
-                if len(chunk) == 0:
-                    continue
-                batch = collate([examples[i] for i in chunk], pad, config.max_len)
+            mine = examples[rank::world]
+            chunks = [
+                collate([mine[i] for i in c], pad, config.max_len)
+                for c in np.array_split(np.arange(len(mine)), config.grad_accum)
+                if len(c)
+            ]
+            key = "fmri" if kind == "temporal" else "text"
+            which = 1 if kind == "temporal" else 0
+            # the loss is a mean over the global batch's target tokens of this kind, so one
+            # process with the whole batch and N processes with a share each agree exactly
+            local = sum(
+                int(model.target_masks(b["ids"], b["attention_mask"], b["loss_mask"])[which].sum())
+                for b in chunks
+            )
+            total = _all_reduce_int(local, world)
+            if total == 0:
+                continue
+            k = kinds.index(kind)
+            for b in chunks:
                 with autocast(bf16):
-                    res = model(batch["ids"], batch["attention_mask"], batch["loss_mask"])
-                key = "fmri_loss" if kind == "temporal" else "text_loss"
-                if key not in res:
+                    res = model(b["ids"], b["attention_mask"], b["loss_mask"])
+                n_tokens += int(b["attention_mask"].sum())
+                if f"{key}_loss_sum" not in res:
                     continue
-                loss = weights[kind] * res[key] * len(chunk) / len(examples)
-                loss.backward()
-                sums[f"{kind}_loss"] = sums.get(f"{kind}_loss", 0.0) + float(
-                    res[key].detach()
-                ) * len(chunk) / len(examples)
+                (weights[kind] * res[f"{key}_loss_sum"] / total).backward()
+                step_sums[2 * k] += float(res[f"{key}_loss_sum"].detach())
+                step_sums[2 * k + 1] += float(res[f"{key}_tokens"])
                 if kind == "temporal":
-                    sums["fmri_acc"] = sums.get("fmri_acc", 0.0) + float(res["fmri_acc"]) * len(
-                        chunk
-                    ) / len(examples)
-                n_tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(lora + new, config.grad_clip)
+                    step_sums[-2] += float(res["fmri_correct"])
+        if world > 1:
+            for p in trainable:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+            torch.distributed.all_reduce(step_sums)
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
+        sums += step_sums
         n_steps += 1
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             dt = time.perf_counter() - t0
-            entry = {"step": done, **{k: round(v / n_steps, 4) for k, v in sums.items()}}
-            entry["tokens_per_s"] = round(n_tokens / max(dt, 1e-9), 1)
+            entry: dict[str, Any] = {"step": done}
+            for k, kind in enumerate(kinds):
+                if sums[2 * k + 1] > 0:
+                    entry[f"{kind}_loss"] = round(float(sums[2 * k] / sums[2 * k + 1]), 4)
+            if sums[1] > 0:
+                entry["fmri_acc"] = round(float(sums[-2] / sums[1]), 4)
+            entry["tokens_per_s"] = round(n_tokens * world / max(dt, 1e-9), 1)
             history.append(entry)
-            log(" | ".join(f"{k} {v}" for k, v in entry.items()))
-            sums, n_tokens, t0, n_steps = {}, 0, time.perf_counter(), 0
-        if done % config.ckpt_every == 0 or done == config.steps:
+            if rank == 0:
+                log(" | ".join(f"{k} {v}" for k, v in entry.items()))
+            sums.zero_()
+            n_tokens, t0, n_steps = 0, time.perf_counter(), 0
+        if (done % config.ckpt_every == 0 or done == config.steps) and rank == 0:
             save_checkpoint(
                 ckpt,
                 model,
@@ -232,6 +280,8 @@ def train_joint(
                 {"config": to_dict(config), "step": done, "history": history},
                 trainable_only=True,
             )
+        if world > 1 and (done % config.ckpt_every == 0 or done == config.steps):
+            torch.distributed.barrier()
     return {"config": to_dict(config), "versions": versions(), "history": history}
 
 
@@ -250,6 +300,7 @@ def run_pretrain(
     from fmrilm.data.cohort import Cohort
     from fmrilm.io import write_json
     from fmrilm.model.fusion import save_model
+    from fmrilm.runtime import init_distributed
     from fmrilm.tokenizer import FMRITokenizer
 
     config.validate()
@@ -257,6 +308,9 @@ def run_pretrain(
     if (out / "config.json").exists():
         raise FmrilmError(f"{out} already holds a model; choose another --out")
     t0 = time.perf_counter()
+    rank, world = init_distributed()
+    if rank != 0:
+        log = lambda line: None  # noqa: E731 -- only rank 0 reports
     fmri_tok = FMRITokenizer.from_pretrained(tokenizer_dir)
     cohort = Cohort(data)
     corpus_obj = Corpus(corpus) if corpus is not None else None
@@ -276,8 +330,10 @@ def run_pretrain(
         f"{len(scans)} training scans, {len(replay)} replay passages"
     )
     summary = train_joint(model, text_tok, scans, replay, config, out, log=log)
-    save_model(model, out, config, fmri_tok)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "training.json", summary)
+    summary["processes"] = world
+    if rank == 0:
+        save_model(model, out, config, fmri_tok)
+        write_json(out / "training.json", summary)
     log(f"saved stage-2 model to {out} ({summary['seconds']} s)")
     return summary
