@@ -144,3 +144,53 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
     # the runs did train: the LoRA B matrices left their zero initialisation
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
+
+
+def test_ctrl_c_checkpoints_and_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from fmrilm.checkpoint import read_checkpoint_meta
+    from fmrilm.recipes import pretrain
+
+    real = pretrain.sample_step
+
+    def ctrl_c_at_4(step, *args):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # deferred: the step finishes first
+        return real(step, *args)
+
+    model, tok = _setup()
+    monkeypatch.setattr(pretrain, "sample_step", ctrl_c_at_4)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train_joint(model, tok, _scans(), [], _cfg(), tmp_path / "run", log=lines.append)
+    assert any("interrupted: checkpoint at step 5" in line for line in lines)
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    assert read_checkpoint_meta(ckpt)["step"] == 5
+    before = ckpt.read_bytes()
+
+    # the disk fills up while the next checkpoint is written: the old one stays whole
+    def full_disk(tensors, path, metadata=None):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pretrain, "sample_step", real)
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    model, tok = _setup()
+    with pytest.raises(OSError, match="No space left"):
+        train_joint(model, tok, _scans(), [], _cfg(), tmp_path / "run", log=lambda s: None)
+    assert ckpt.read_bytes() == before
+    assert not [p for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_tokenizer_aligned_to_another_llm_is_refused():
+    from fmrilm.errors import FmrilmError
+
+    backbone, tok, spec = get_backbone("tiny")
+    fmri_tok = FMRITokenizer(TokenizerConfig.tiny(), llm_dim=576)  # aligned to SmolLM2
+    with pytest.raises(FmrilmError, match="projects codes to 576 dimensions"):
+        build_model(PretrainConfig(llm="tiny"), fmri_tok, backbone, tok, spec)

@@ -30,7 +30,7 @@ from fmrilm.model.objectives import (
     replay_example,
     temporal_example,
 )
-from fmrilm.runtime import autocast, seed_step, use_bf16
+from fmrilm.runtime import autocast, deferred_sigint, seed_step, use_bf16
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -208,80 +208,94 @@ def train_joint(
     kinds = ("temporal", "description", "replay")
     sums = torch.zeros(2 * len(kinds) + 2, dtype=torch.float64)
     n_tokens, t0, n_steps = 0, time.perf_counter(), 0
-    for step in range(start, config.steps):
-        seed_step(config.seed, step)
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, config)
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        # every process draws the same global batch and takes its share: rank::world
-        batches = sample_step(step, config, scans, replay, model.vocab, tokenizer)
-        step_sums = torch.zeros_like(sums)
-        for kind, examples in batches.items():
-            mine = examples[rank::world]
-            chunks = [
-                collate([mine[i] for i in c], pad, config.max_len)
-                for c in np.array_split(np.arange(len(mine)), config.grad_accum)
-                if len(c)
-            ]
-            key = "fmri" if kind == "temporal" else "text"
-            which = 1 if kind == "temporal" else 0
-            # the loss is a mean over the global batch's target tokens of this kind, so one
-            # process with the whole batch and N processes with a share each agree exactly
-            local = sum(
-                int(model.target_masks(b["ids"], b["attention_mask"], b["loss_mask"])[which].sum())
-                for b in chunks
-            )
-            total = _all_reduce_int(local, world)
-            if total == 0:
-                continue
-            k = kinds.index(kind)
-            for b in chunks:
-                with autocast(bf16):
-                    res = model(b["ids"], b["attention_mask"], b["loss_mask"])
-                n_tokens += int(b["attention_mask"].sum())
-                if f"{key}_loss_sum" not in res:
+    meta = {"config": to_dict(config)}
+    with deferred_sigint() as interrupted:
+        for step in range(start, config.steps):
+            if interrupted():
+                if rank == 0:
+                    save_checkpoint(
+                        ckpt, model, optimizer, {**meta, "step": step, "history": history},
+                        trainable_only=True,
+                    )  # fmt: skip
+                    log(f"interrupted: checkpoint at step {step} in {ckpt}; run again to resume")
+                raise KeyboardInterrupt
+            seed_step(config.seed, step)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * lr_factor(step, config)
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            # every process draws the same global batch and takes its share: rank::world
+            batches = sample_step(step, config, scans, replay, model.vocab, tokenizer)
+            step_sums = torch.zeros_like(sums)
+            for kind, examples in batches.items():
+                mine = examples[rank::world]
+                chunks = [
+                    collate([mine[i] for i in c], pad, config.max_len)
+                    for c in np.array_split(np.arange(len(mine)), config.grad_accum)
+                    if len(c)
+                ]
+                key = "fmri" if kind == "temporal" else "text"
+                which = 1 if kind == "temporal" else 0
+                # the loss is a mean over the global batch's target tokens of this kind, so one
+                # process with the whole batch and N processes with a share each agree exactly
+                local = sum(
+                    int(
+                        model.target_masks(b["ids"], b["attention_mask"], b["loss_mask"])[
+                            which
+                        ].sum()
+                    )
+                    for b in chunks
+                )
+                total = _all_reduce_int(local, world)
+                if total == 0:
                     continue
-                (weights[kind] * res[f"{key}_loss_sum"] / total).backward()
-                step_sums[2 * k] += float(res[f"{key}_loss_sum"].detach())
-                step_sums[2 * k + 1] += float(res[f"{key}_tokens"])
-                if kind == "temporal":
-                    step_sums[-2] += float(res["fmri_correct"])
-        if world > 1:
-            for p in trainable:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
-            torch.distributed.all_reduce(step_sums)
-        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-        optimizer.step()
-        sums += step_sums
-        n_steps += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            dt = time.perf_counter() - t0
-            entry: dict[str, Any] = {"step": done}
-            for k, kind in enumerate(kinds):
-                if sums[2 * k + 1] > 0:
-                    entry[f"{kind}_loss"] = round(float(sums[2 * k] / sums[2 * k + 1]), 4)
-            if sums[1] > 0:
-                entry["fmri_acc"] = round(float(sums[-2] / sums[1]), 4)
-            entry["tokens_per_s"] = round(n_tokens * world / max(dt, 1e-9), 1)
-            history.append(entry)
-            if rank == 0:
-                log(" | ".join(f"{k} {v}" for k, v in entry.items()))
-            sums.zero_()
-            n_tokens, t0, n_steps = 0, time.perf_counter(), 0
-        if (done % config.ckpt_every == 0 or done == config.steps) and rank == 0:
-            save_checkpoint(
-                ckpt,
-                model,
-                optimizer,
-                {"config": to_dict(config), "step": done, "history": history},
-                trainable_only=True,
-            )
-        if world > 1 and (done % config.ckpt_every == 0 or done == config.steps):
-            torch.distributed.barrier()
+                k = kinds.index(kind)
+                for b in chunks:
+                    with autocast(bf16):
+                        res = model(b["ids"], b["attention_mask"], b["loss_mask"])
+                    n_tokens += int(b["attention_mask"].sum())
+                    if f"{key}_loss_sum" not in res:
+                        continue
+                    (weights[kind] * res[f"{key}_loss_sum"] / total).backward()
+                    step_sums[2 * k] += float(res[f"{key}_loss_sum"].detach())
+                    step_sums[2 * k + 1] += float(res[f"{key}_tokens"])
+                    if kind == "temporal":
+                        step_sums[-2] += float(res["fmri_correct"])
+            if world > 1:
+                for p in trainable:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                torch.distributed.all_reduce(step_sums)
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            sums += step_sums
+            n_steps += 1
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                dt = time.perf_counter() - t0
+                entry: dict[str, Any] = {"step": done}
+                for k, kind in enumerate(kinds):
+                    if sums[2 * k + 1] > 0:
+                        entry[f"{kind}_loss"] = round(float(sums[2 * k] / sums[2 * k + 1]), 4)
+                if sums[1] > 0:
+                    entry["fmri_acc"] = round(float(sums[-2] / sums[1]), 4)
+                entry["tokens_per_s"] = round(n_tokens * world / max(dt, 1e-9), 1)
+                history.append(entry)
+                if rank == 0:
+                    log(" | ".join(f"{k} {v}" for k, v in entry.items()))
+                sums.zero_()
+                n_tokens, t0, n_steps = 0, time.perf_counter(), 0
+            if (done % config.ckpt_every == 0 or done == config.steps) and rank == 0:
+                save_checkpoint(
+                    ckpt,
+                    model,
+                    optimizer,
+                    {"config": to_dict(config), "step": done, "history": history},
+                    trainable_only=True,
+                )
+            if world > 1 and (done % config.ckpt_every == 0 or done == config.steps):
+                torch.distributed.barrier()
     return {"config": to_dict(config), "versions": versions(), "history": history}
 
 

@@ -12,10 +12,7 @@ Output folder::
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +26,7 @@ from fmrilm.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkp
 from fmrilm.config import TokenizerConfig, to_dict
 from fmrilm.errors import FmrilmError
 from fmrilm.io import read_json, write_json
-from fmrilm.runtime import autocast, seed_step, use_bf16
+from fmrilm.runtime import autocast, deferred_sigint, seed_step, use_bf16
 from fmrilm.tokenizer.align import (
     dann_scale,
     embed_texts,
@@ -185,7 +182,7 @@ def train_tokenizer(
         acc.load(acc_state)
     step = start
     bar = tqdm(total=config.steps, initial=start, desc="tokenizer", disable=not progress)
-    with _deferred_sigint() as interrupted:
+    with deferred_sigint() as interrupted:
         for step in range(start, config.steps):
             if interrupted():
                 save_checkpoint(
@@ -295,29 +292,6 @@ def _digest(scan_ids) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(sorted(scan_ids)).encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _deferred_sigint():
-    """Ctrl-C sets a flag instead of raising, so the loop stops between two steps.
-
-    A second Ctrl-C raises at once (the checkpoint may then be up to ckpt_every steps old).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    hits = []
-
-    def handler(signum, frame):
-        hits.append(1)
-        if len(hits) > 1:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(hits)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _check_out_dir(out: Path, config: TokenizerConfig) -> dict[str, Any] | None:
