@@ -166,6 +166,9 @@ class PretrainConfig:
     # sequences: each fMRI span holds `span_patches` time steps of one window
     span_patches: int = 3
     max_len: int = 768
+    # how fMRI enters the LLM: the code tokens' embeddings (discrete) or, as an ablation, a
+    # projector of the tokenizer's continuous encoder outputs at the same positions
+    fmri_input: Literal["discrete", "continuous"] = "discrete"
     # objectives: a micro-batch of each kind per step, losses weighted (0 switches one off)
     temporal_weight: float = 1.0
     description_weight: float = 1.0

@@ -194,3 +194,38 @@ def test_a_tokenizer_aligned_to_another_llm_is_refused():
     fmri_tok = FMRITokenizer(TokenizerConfig.tiny(), llm_dim=576)  # aligned to SmolLM2
     with pytest.raises(FmrilmError, match="projects codes to 576 dimensions"):
         build_model(PretrainConfig(llm="tiny"), fmri_tok, backbone, tok, spec)
+
+
+def test_continuous_projector_ablation_trains_and_places_vectors(tmp_path):
+    from fmrilm.model.objectives import collate, temporal_example
+
+    backbone, tok, spec = get_backbone("tiny")
+    hidden = backbone.config.hidden_size
+    torch.manual_seed(0)
+    fmri_tok = FMRITokenizer(TokenizerConfig.tiny(), llm_dim=hidden)
+    cfg = _cfg(fmri_input="continuous", steps=4)
+    model, tok = build_model(cfg, fmri_tok, backbone=backbone, text_tokenizer=tok, spec=spec)
+    assert model.projector is not None and all(
+        p.requires_grad for p in model.projector.parameters()
+    )
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, size=(3, 2))
+    vecs = rng.normal(size=(3, 2, 8)).astype(np.float32)
+    ex = temporal_example(model.vocab, codes, vecs)
+    batch = collate([ex], tok.pad_token_id, vocab=model.vocab)
+    pos = torch.nonzero(
+        (batch["ids"][0] >= model.vocab.text_size) & (batch["ids"][0] < model.vocab.start)
+    )
+    # time-major order: codes of step 0 (3 ROIs) then step 1
+    assert torch.allclose(batch["vectors"][0, pos[0, 0]], torch.from_numpy(vecs[0, 0]))
+    assert torch.allclose(batch["vectors"][0, pos[3, 0]], torch.from_numpy(vecs[0, 1]))
+    e = model.embed(batch["ids"], batch["vectors"])[0]
+    assert torch.allclose(e[pos[0, 0]], model.projector(torch.from_numpy(vecs[0, 0])))
+    scans = [
+        ScanCodes(
+            s.scan_id, s.codes, s.texts, rng.normal(size=(*s.codes.shape, 8)).astype(np.float32)
+        )
+        for s in _scans()
+    ]
+    out = train_joint(model, tok, scans, [], cfg, tmp_path / "cont", log=lambda s: None)
+    assert "temporal_loss" in out["history"][-1]

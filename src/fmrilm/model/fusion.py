@@ -100,8 +100,16 @@ class FMRILM(nn.Module):
     embeddings, decoder stack and LM head are used.
     """
 
-    def __init__(self, backbone, vocab: FmriVocab, code_embeddings: torch.Tensor | None = None):
+    def __init__(
+        self,
+        backbone,
+        vocab: FmriVocab,
+        code_embeddings: torch.Tensor | None = None,
+        projector: nn.Module | None = None,
+    ):
         super().__init__()
+        # the continuous ablation: code positions get projector(encoder vector) as input
+        self.projector = projector
         self.backbone = backbone
         self.vocab = vocab
         emb = backbone.get_input_embeddings()
@@ -136,24 +144,41 @@ class FMRILM(nn.Module):
             model = model.get_base_model()
         return model
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings; with a projector and ``vectors`` (B, L, dim), code positions take
+        the projected continuous vectors instead of the code embeddings."""
         words = self.backbone.get_input_embeddings()
         is_text = ids < self.vocab.text_size
         out = words(torch.where(is_text, ids, torch.zeros_like(ids)))
         new = self.fmri_embed(
             torch.where(is_text, torch.zeros_like(ids), ids - self.vocab.text_size)
         )
-        return torch.where(is_text.unsqueeze(-1), out, new.to(out.dtype))
+        out = torch.where(is_text.unsqueeze(-1), out, new.to(out.dtype))
+        if self.projector is not None:
+            if vectors is None:
+                raise FmrilmError("this model reads continuous fMRI vectors; pass vectors=")
+            is_code = (ids >= self.vocab.text_size) & (ids < self.vocab.start)
+            proj = self.projector(vectors.to(out.dtype)).to(out.dtype)
+            out = torch.where(is_code.unsqueeze(-1), proj, out)
+        return out
 
-    def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def hidden_states(
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
+    ):
         decoder = self._base().get_decoder()
-        return decoder(
-            inputs_embeds=self.embed(ids), attention_mask=attention_mask
-        ).last_hidden_state
+        embeds = self.embed(ids, vectors)
+        return decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
 
     # -- training losses ------------------------------------------------------------------------
     def forward(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, loss_mask=None
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        loss_mask=None,
+        vectors: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Next-token losses: text targets through the LM head, code targets through the fMRI head.
 
@@ -161,7 +186,7 @@ class FMRILM(nn.Module):
         description after an fMRI span); by default every non-padding target counts, except
         delimiters, which are deterministic.
         """
-        h = self.hidden_states(ids, attention_mask)[:, :-1]
+        h = self.hidden_states(ids, attention_mask, vectors)[:, :-1]
         target = ids[:, 1:]
         text_sel, code_sel = self.target_masks(ids, attention_mask, loss_mask)
         out: dict[str, torch.Tensor] = {}

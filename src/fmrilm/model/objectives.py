@@ -31,11 +31,23 @@ class Example:
     ids: list[int]
     loss_mask: list[bool]
     kind: str
+    # continuous ablation: one vector per fMRI code token, in order of appearance
+    vectors: np.ndarray | None = None
 
 
-def temporal_example(vocab: FmriVocab, codes: np.ndarray) -> Example:
+def span_vectors(codes: np.ndarray, vectors: np.ndarray | None) -> np.ndarray | None:
+    """A window's (ROIs, patches, dim) vectors in the order of its span's code tokens."""
+    if vectors is None:
+        return None
+    n = 0
+    while n < codes.shape[1] and (codes[:, n] >= 0).all():
+        n += 1
+    return np.ascontiguousarray(vectors[:, :n].transpose(1, 0, 2).reshape(-1, vectors.shape[-1]))
+
+
+def temporal_example(vocab: FmriVocab, codes: np.ndarray, vectors=None) -> Example:
     ids = vocab.span(codes)
-    return Example(ids, [True] * len(ids), "temporal")
+    return Example(ids, [True] * len(ids), "temporal", span_vectors(codes, vectors))
 
 
 def _text_ids(tokenizer, text: str) -> list[int]:
@@ -59,7 +71,12 @@ def prompt_parts(tokenizer, instruction: str = DESCRIBE) -> tuple[list[int], lis
 
 
 def description_example(
-    vocab: FmriVocab, tokenizer, codes: np.ndarray, answer: str, instruction: str = DESCRIBE
+    vocab: FmriVocab,
+    tokenizer,
+    codes: np.ndarray,
+    answer: str,
+    instruction: str = DESCRIBE,
+    vectors: np.ndarray | None = None,
 ) -> Example:
     before, after = prompt_parts(tokenizer, instruction)
     span = vocab.span(codes)
@@ -67,7 +84,7 @@ def description_example(
     reply = _text_ids(tokenizer, answer) + eos
     ids = before + span + after + reply
     mask = [False] * (len(ids) - len(reply)) + [True] * len(reply)
-    return Example(ids, mask, "description")
+    return Example(ids, mask, "description", span_vectors(codes, vectors))
 
 
 def replay_example(tokenizer, text: str) -> Example:
@@ -78,9 +95,13 @@ def replay_example(tokenizer, text: str) -> Example:
 
 
 def collate(
-    examples: list[Example], pad_id: int, max_len: int | None = None
+    examples: list[Example], pad_id: int, max_len: int | None = None, vocab: FmriVocab | None = None
 ) -> dict[str, torch.Tensor]:
-    """Right-padded batch: ids, attention_mask, loss_mask (truncated to ``max_len``)."""
+    """Right-padded batch: ids, attention_mask, loss_mask (truncated to ``max_len``).
+
+    Examples with vectors (the continuous ablation) also give ``vectors`` (B, L, dim), placed at
+    the code positions (found with ``vocab``).
+    """
     if not examples:
         raise FmrilmError("cannot build a batch from no examples")
     seqs = [(e.ids[:max_len], e.loss_mask[:max_len]) for e in examples]
@@ -92,4 +113,17 @@ def collate(
         ids[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
         loss[i, : len(m)] = torch.tensor(m)
-    return {"ids": ids, "attention_mask": att, "loss_mask": loss}
+    batch = {"ids": ids, "attention_mask": att, "loss_mask": loss}
+    with_vec = [e for e in examples if e.vectors is not None]
+    if with_vec:
+        if vocab is None:
+            raise FmrilmError("collate needs the vocabulary to place continuous vectors")
+        vec = torch.zeros((len(seqs), n, with_vec[0].vectors.shape[1]))
+        is_code = (ids >= vocab.text_size) & (ids < vocab.start) & att.bool()
+        for i, e in enumerate(examples):
+            if e.vectors is None:
+                continue
+            pos = torch.nonzero(is_code[i]).squeeze(-1)
+            vec[i, pos] = torch.from_numpy(e.vectors[: len(pos)])
+        batch["vectors"] = vec
+    return batch

@@ -40,9 +40,12 @@ class ScanCodes:
     scan_id: str
     codes: np.ndarray  # (windows, ROIs, patches), -1 = missing patch
     texts: list[str]
+    vectors: np.ndarray | None = None  # (windows, ROIs, patches, dim): continuous ablation
 
 
-def encode_scans(fmri_tok, cohort, rows, corpus=None, progress: bool = False) -> list[ScanCodes]:
+def encode_scans(
+    fmri_tok, cohort, rows, corpus=None, progress: bool = False, with_vectors: bool = False
+) -> list[ScanCodes]:
     """Codes of every scan in ``rows`` (+ its descriptor texts when a corpus is given)."""
     from tqdm.auto import tqdm
 
@@ -52,9 +55,13 @@ def encode_scans(fmri_tok, cohort, rows, corpus=None, progress: bool = False) ->
     out = []
     for r in tqdm(rows.itertuples(), total=len(rows), desc="encode", disable=not progress):
         tokens = fmri_tok.encode(
-            cohort.series(r.scan_id), tr=float(r.tr), atlas=cohort.atlas(r.atlas), what=r.scan_id
+            cohort.series(r.scan_id),
+            tr=float(r.tr),
+            atlas=cohort.atlas(r.atlas),
+            what=r.scan_id,
+            with_vectors=with_vectors,
         )
-        out.append(ScanCodes(r.scan_id, tokens.ids, texts.get(r.scan_id, [])))
+        out.append(ScanCodes(r.scan_id, tokens.ids, texts.get(r.scan_id, []), tokens.vectors))
     return out
 
 
@@ -86,7 +93,17 @@ def build_model(config: PretrainConfig, fmri_tok, backbone=None, text_tokenizer=
                 f"{config.llm} has {hidden}; retrain the tokenizer with llm={config.llm}"
             )
         codes = fmri_tok.code_embeddings_for_llm()
-    return FMRILM(peft_model, vocab, codes), text_tokenizer
+    projector = None
+    if config.fmri_input == "continuous":
+        import copy
+
+        if fmri_tok.llm_dim:  # start from the tokenizer's trained projection into the LLM
+            projector = copy.deepcopy(fmri_tok.to_llm)
+        else:
+            projector = torch.nn.Linear(fmri_tok.config.code_dim, hidden)
+        for p in projector.parameters():
+            p.requires_grad_(True)
+    return FMRILM(peft_model, vocab, codes, projector), text_tokenizer
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -123,29 +140,29 @@ def sample_step(
     """The examples of ``step`` per objective, a pure function of (seed, step)."""
     rng = np.random.default_rng([config.seed, step])
 
-    def window(s: ScanCodes) -> np.ndarray:
-        w = s.codes[int(rng.integers(len(s.codes)))]
+    def window(s: ScanCodes) -> tuple[np.ndarray, np.ndarray | None]:
+        k = int(rng.integers(len(s.codes)))
+        w = s.codes[k]
         valid = int((w[0] >= 0).sum())
         n = min(config.span_patches, valid)
         start = int(rng.integers(0, valid - n + 1))
-        return w[:, start : start + n]
+        vec = None if s.vectors is None else s.vectors[k][:, start : start + n]
+        return w[:, start : start + n], vec
 
     out: dict[str, list] = {}
     if config.temporal_weight > 0:
         pick = rng.choice(len(scans), size=config.batch_size)
-        out["temporal"] = [temporal_example(vocab, window(scans[i])) for i in pick]
+        out["temporal"] = [temporal_example(vocab, *window(scans[i])) for i in pick]
     described = [s for s in scans if s.texts]
     if config.description_weight > 0 and described:
         pick = rng.choice(len(described), size=config.batch_size)
-        out["description"] = [
-            description_example(
-                vocab,
-                tokenizer,
-                window(described[i]),
-                described[i].texts[int(rng.integers(len(described[i].texts)))],
+        out["description"] = []
+        for i in pick:
+            codes, vec = window(described[i])
+            text = described[i].texts[int(rng.integers(len(described[i].texts)))]
+            out["description"].append(
+                description_example(vocab, tokenizer, codes, text, vectors=vec)
             )
-            for i in pick
-        ]
     if config.replay_weight > 0 and replay:
         pick = rng.choice(len(replay), size=config.batch_size)
         out["replay"] = [replay_example(tokenizer, replay[i]) for i in pick]
@@ -230,7 +247,7 @@ def train_joint(
             for kind, examples in batches.items():
                 mine = examples[rank::world]
                 chunks = [
-                    collate([mine[i] for i in c], pad, config.max_len)
+                    collate([mine[i] for i in c], pad, config.max_len, model.vocab)
                     for c in np.array_split(np.arange(len(mine)), config.grad_accum)
                     if len(c)
                 ]
@@ -252,7 +269,7 @@ def train_joint(
                 k = kinds.index(kind)
                 for b in chunks:
                     with autocast(bf16):
-                        res = model(b["ids"], b["attention_mask"], b["loss_mask"])
+                        res = model(b["ids"], b["attention_mask"], b["loss_mask"], b.get("vectors"))
                     n_tokens += int(b["attention_mask"].sum())
                     if f"{key}_loss_sum" not in res:
                         continue
@@ -330,7 +347,14 @@ def run_pretrain(
     corpus_obj = Corpus(corpus) if corpus is not None else None
     if config.description_weight > 0 and corpus_obj is None:
         raise FmrilmError("the description objective needs --corpus DIR (or description_weight=0)")
-    scans = encode_scans(fmri_tok, cohort, cohort.split("train"), corpus_obj, progress=progress)
+    scans = encode_scans(
+        fmri_tok,
+        cohort,
+        cohort.split("train"),
+        corpus_obj,
+        progress=progress,
+        with_vectors=config.fmri_input == "continuous",
+    )
     replay: list[str] = []
     if config.replay_weight > 0:
         from fmrilm.model.replay import load_replay

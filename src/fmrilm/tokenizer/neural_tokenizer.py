@@ -56,6 +56,9 @@ class Tokens:
     starts: np.ndarray
     tr: float
     patch: int
+    vectors: np.ndarray | None = (
+        None  # (windows, ROIs, patches, code_dim) unit vectors, NaN = missing
+    )
 
     @property
     def n_windows(self) -> int:
@@ -238,20 +241,39 @@ class FMRITokenizer(nn.Module):
 
     @torch.no_grad()
     def encode(
-        self, series: Any, *, atlas: Any, tr: float | None = None, what: str = "scan"
+        self,
+        series: Any,
+        *,
+        atlas: Any,
+        tr: float | None = None,
+        what: str = "scan",
+        with_vectors: bool = False,
     ) -> Tokens:
-        """Code ids (windows, ROIs, patches) of one scan (a Scan or a (frames, ROIs) array)."""
+        """Code ids (windows, ROIs, patches) of one scan (a Scan or a (frames, ROIs) array).
+
+        ``with_vectors`` also returns the continuous encoder outputs (unit vectors, before
+        quantization) -- the input of stage 2's continuous-projector ablation.
+        """
         x = self.prepare(series, tr, what=what)
         xyz, nets = self.geometry(atlas)
         _check_rois(x, xyz, what)
         starts, chunks = self.windows(x)
         ids = np.full((len(chunks), x.shape[1], self.config.n_patches), -1, dtype=np.int64)
         self.eval()
+        vectors = None
+        if with_vectors:
+            shape = (*ids.shape, self.config.code_dim)
+            vectors = np.full(shape, np.nan, dtype=np.float32)
         for i, batch in _batches_by_length(chunks):
             t = torch.from_numpy(np.stack(batch)).to(xyz.device)
             codes = self.quantize_windows(t, xyz, nets)[0].cpu().numpy()
             ids[i, :, : codes.shape[-1]] = codes
-        return Tokens(ids=ids, starts=starts, tr=self.config.tr, patch=self.config.patch)
+            if vectors is not None:
+                z = F.normalize(self.encode_vectors(t, xyz, nets).float(), dim=-1)
+                vectors[i, :, : codes.shape[-1]] = z.cpu().numpy()
+        return Tokens(
+            ids=ids, starts=starts, tr=self.config.tr, patch=self.config.patch, vectors=vectors
+        )
 
     @torch.no_grad()
     def decode(self, ids: np.ndarray | Tokens, *, atlas: Any) -> np.ndarray:
