@@ -106,6 +106,11 @@ def test_save_and_load_give_the_same_model(tmp_path):
     train_joint(model, tok, _scans(), [], cfg, tmp_path / "run", log=lambda s: None)
     save_model(model, tmp_path / "model", cfg, fmri_tok)
     loaded, tok2, fmri2, cfg2 = load_model(tmp_path / "model")
+    from fmrilm.model.fusion import FMRILM
+
+    again = FMRILM.from_pretrained(tmp_path / "model")
+    assert again.pretrain_config == cfg and len(again.text_tokenizer) == len(tok)
+    assert again.fmri_tokenizer.config == fmri_tok.config
     ids = torch.tensor([model.vocab.span(np.arange(6).reshape(3, 2)) + [5, 6, 7]])
     model.eval()
     with torch.no_grad():

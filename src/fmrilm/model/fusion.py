@@ -137,6 +137,18 @@ class FMRILM(nn.Module):
         self.fmri_head = nn.Linear(hidden, vocab.n_codes, bias=False)
         nn.init.zeros_(self.fmri_head.weight)
 
+    @classmethod
+    def from_pretrained(cls, directory, device: str = "cpu") -> FMRILM:
+        """Load a stage-2 folder (see :func:`save_model`); the model carries its tokenizers as
+        ``.text_tokenizer`` and ``.fmri_tokenizer`` and its settings as ``.pretrain_config``."""
+        model, text_tok, fmri_tok, config = load_model(directory, device)
+        model.text_tokenizer, model.fmri_tokenizer, model.pretrain_config = (
+            text_tok,
+            fmri_tok,
+            config,
+        )
+        return model
+
     # -- pieces of the backbone -------------------------------------------------------------------
     def _base(self):
         model = self.backbone
