@@ -20,14 +20,19 @@ def test_quick_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     # a few tokenizer steps without the adversarial term (no LLM to load) keep this quick
     quick = ("steps=6", "batch_size=8", "log_every=3", "warmup=2", "adversarial=false")
-    results = run(out, subjects=24, jobs=1, tokenizer_overrides=quick)
+    # stage 2 on the tiny test backbone (no LLM to load), two steps
+    quick2 = ("llm=tiny", "steps=2", "batch_size=2", "log_every=1", "warmup=1")
+    results = run(out, subjects=24, jobs=1, tokenizer_overrides=quick, pretrain_overrides=quick2)
     tok = results.pop("tokenizer")
+    stage2 = results.pop("stage2")
+    assert len(stage2["history"]) == 2 and isinstance(stage2["generated"], str)
     _check(out, results)
     text = capsys.readouterr().out
-    assert "== 4/6 FC + linear model vs oracle" in text and "demo finished" in text
+    assert "== 4/7 FC + linear model vs oracle" in text and "demo finished" in text
     assert "real HCP scan sub-hcp01_task-rest:" in text
-    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/6")[1]
+    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/7")[1]
     assert "step 6/6" in text and "fMRI->text R@1" in text
+    assert "== 7/7 stage 2" in text and "generated:" in text
     assert -1 < tok["test_r2"] < 1 and tok["test_retrieval"]["candidates"] >= 2
     for name in ("training_curves.png", "reconstruction.png", "code_usage.png"):
         assert (out / "tokenizer" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
@@ -38,6 +43,7 @@ def test_full_demo(tmp_path):
     out = tmp_path / "demo"
     results = run(out)
     tok = results.pop("tokenizer")
+    results.pop("stage2")
     _check(out, results)
     # the demo preset must learn something: beyond the per-ROI mean and above chance retrieval
     assert tok["test_r2"] > 0.2

