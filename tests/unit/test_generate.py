@@ -117,10 +117,35 @@ def test_text_perplexity_equal_before_and_after_zero_lora_and_uses_adapters():
     model, tok = _wrap(backbone, tok, spec)  # peft's LoRA B starts at 0: same function
     after = text_perplexity(model, tok, TEXTS)
     assert after == pytest.approx(before, rel=1e-6)
+    codes = np.arange(10).reshape(5, 2)
+    said = describe(model, tok, codes, max_new_tokens=8)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
+    # both perplexity and generation go through the adapters
     assert text_perplexity(model, tok, TEXTS) != pytest.approx(before, rel=1e-3)
+    assert describe(model, tok, codes, max_new_tokens=8) != said
     with pytest.raises(FmrilmError, match="at least one"):
         text_perplexity(model, tok, [])
+
+
+def test_continuous_ablation_reads_vectors():
+    backbone, tok, spec = _backbone()
+    torch.manual_seed(0)
+    fmri_tok = FMRITokenizer(TokenizerConfig.tiny(), llm_dim=64)
+    cfg = PretrainConfig(llm="tiny", fmri_input="continuous")
+    model, tok = build_model(cfg, fmri_tok, backbone=backbone, text_tokenizer=tok, spec=spec)
+    rng = np.random.default_rng(0)
+    dim = fmri_tok.config.code_dim
+    codes = rng.integers(0, 16, size=(2, 3, 4))  # one scan: 2 windows, 3 ROIs, 4 steps
+    vectors = rng.normal(size=(2, 3, 4, dim)).astype(np.float32)
+    spans, vecs = held_out_spans([codes], 2, scan_vectors=[vectors])
+    assert len(spans) == len(vecs) == 4 and vecs[1].shape == (3, 2, dim)
+    assert np.array_equal(vecs[1], vectors[0, :, 2:4])
+    stats = code_predictions(model, spans, spans, vectors=vecs, batch_size=3)
+    assert stats["targets"] == 4 * 3 and stats["model"]["perplexity"] == pytest.approx(16, 1e-5)
+    text = describe(model, tok, spans[0], max_new_tokens=6, vectors=[vecs[0]])
+    assert isinstance(text, str)
+    with pytest.raises(FmrilmError, match="continuous fMRI vectors"):
+        describe(model, tok, spans[0], max_new_tokens=6)

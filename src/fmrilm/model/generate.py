@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from fmrilm.errors import FmrilmError
 from fmrilm.model.fusion import FMRILM
-from fmrilm.model.objectives import DESCRIBE, prompt_parts, replay_example
+from fmrilm.model.objectives import DESCRIBE, prompt_parts, replay_example, span_vectors
 from fmrilm.runtime import autocast
 
 # ------------------------------------------------------------------------------------------
@@ -44,6 +44,30 @@ def prompt_ids(model: FMRILM, text_tokenizer, codes: np.ndarray, instruction: st
     return before + model.vocab.span(codes) + after
 
 
+def _vector_input(model: FMRILM, ids: torch.Tensor, codes, vectors) -> torch.Tensor | None:
+    """(B, L, dim) continuous inputs at the code positions of ``ids`` (the projector ablation).
+
+    ``vectors``: per window an array (ROIs, patches, dim) aligned with its codes, or None for
+    a model without a projector.
+    """
+    if getattr(model, "projector", None) is None:
+        return None
+    if vectors is None or len(vectors) != len(codes):
+        raise FmrilmError(
+            "this model reads continuous fMRI vectors (fmri_input=continuous): pass vectors=, "
+            "one (ROIs, patches, dim) array per window"
+        )
+    flat = [span_vectors(np.asarray(c), np.asarray(v)) for c, v in zip(codes, vectors, strict=True)]
+    out = torch.zeros((*ids.shape, flat[0].shape[-1]), device=ids.device)
+    is_code = (ids >= model.vocab.text_size) & (ids < model.vocab.start)
+    for i, f in enumerate(flat):
+        pos = torch.nonzero(is_code[i]).squeeze(-1)
+        if len(pos) != len(f):
+            raise FmrilmError(f"window {i}: {len(f)} vectors for {len(pos)} code tokens")
+        out[i, pos] = torch.from_numpy(f).to(out)
+    return out
+
+
 @torch.no_grad()
 def describe_batch(
     model: FMRILM,
@@ -55,9 +79,13 @@ def describe_batch(
     instruction: str = DESCRIBE,
     bf16: bool = False,
     return_stats: bool = False,
+    vectors: Sequence[np.ndarray] | None = None,
     **generate_kwargs: Any,
 ):
     """Descriptions of several windows, generated together (prompts left-padded).
+
+    ``vectors`` (one (ROIs, patches, dim) array per window) is needed by, and only by, a model
+    of the continuous ablation (``fmri_input=continuous``).
 
     Returns a list of strings, or ``(strings, stats)`` with ``return_stats`` (``stats``: the
     number of generated tokens up to each end-of-sequence, and the seconds taken).
@@ -93,7 +121,7 @@ def describe_batch(
     t0 = time.perf_counter()
     try:
         with autocast(bf16, device.type):
-            embeds = model.embed(ids)
+            embeds = model.embed(ids, _vector_input(model, ids, codes, vectors))
             out = base.generate(inputs_embeds=embeds, attention_mask=att, **options)
     finally:
         model.train(was_training)
@@ -135,25 +163,33 @@ def valid_patches(window: np.ndarray) -> int:
 
 
 def held_out_spans(
-    scan_codes: Iterable[np.ndarray], span_patches: int, limit: int | None = None, seed: int = 0
-) -> list[np.ndarray]:
+    scan_codes: Iterable[np.ndarray],
+    span_patches: int,
+    limit: int | None = None,
+    seed: int = 0,
+    scan_vectors: Sequence[np.ndarray] | None = None,
+):
     """Non-overlapping spans of ``span_patches`` steps from every window of every scan.
 
     ``scan_codes``: per scan an array (windows, ROIs, patches). With ``limit``, a random subset
-    of that size (deterministic for ``seed``), in original order.
+    of that size (deterministic for ``seed``), in original order. With ``scan_vectors`` (per
+    scan (windows, ROIs, patches, dim), the continuous ablation) returns ``(spans, vectors)``.
     """
     if span_patches < 2:
         raise FmrilmError(f"temporal prediction needs spans of >= 2 steps, got {span_patches}")
-    spans = []
-    for codes in scan_codes:
-        for w in np.asarray(codes):
+    spans, vecs = [], []
+    for k, codes in enumerate(scan_codes):
+        for j, w in enumerate(np.asarray(codes)):
             valid = valid_patches(w)
             for s in range(0, valid - span_patches + 1, span_patches):
                 spans.append(w[:, s : s + span_patches])
+                if scan_vectors is not None:
+                    vecs.append(scan_vectors[k][j][:, s : s + span_patches])
     if limit is not None and len(spans) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(spans), size=limit, replace=False))
         spans = [spans[i] for i in keep]
-    return spans
+        vecs = [vecs[i] for i in keep] if vecs else vecs
+    return (spans, vecs) if scan_vectors is not None else spans
 
 
 def code_counts(windows: Iterable[np.ndarray], n_codes: int) -> np.ndarray:
@@ -180,6 +216,7 @@ def code_predictions(
     train_counts: np.ndarray | None = None,
     batch_size: int = 16,
     bf16: bool = False,
+    vectors: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Teacher-forced next-time-step prediction on held-out spans, with two references.
 
@@ -193,6 +230,8 @@ def code_predictions(
       frequency distribution;
     * ``copy_previous``: each ROI's code at step t predicted as its code at step t-1
       (a point prediction: accuracy only).
+
+    ``vectors``: per span its (ROIs, n, dim) encoder vectors, for a continuous-ablation model.
     """
     n_codes = model.vocab.n_codes
     if train_counts is None:
@@ -202,7 +241,9 @@ def code_predictions(
     train_counts = np.asarray(train_counts, dtype=np.float64)
     if train_counts.shape != (n_codes,):
         raise FmrilmError(f"train_counts must have {n_codes} entries, got {train_counts.shape}")
-    spans = [np.asarray(c) for c in codes_batch if valid_patches(c) >= 2]
+    keep = [i for i, c in enumerate(codes_batch) if valid_patches(c) >= 2]
+    spans = [np.asarray(codes_batch[i]) for i in keep]
+    span_vecs = None if vectors is None else [vectors[i] for i in keep]
     if not spans:
         raise FmrilmError("no held-out span has 2 or more complete time steps")
     log_unigram = np.log((train_counts + 1) / (train_counts.sum() + n_codes))
@@ -216,6 +257,7 @@ def code_predictions(
     try:
         for b in range(0, len(spans), batch_size):
             chunk = spans[b : b + batch_size]
+            chunk_vecs = None if span_vecs is None else span_vecs[b : b + batch_size]
             seqs = [model.vocab.span(c[:, : valid_patches(c)]) for c in chunk]
             length = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), length), model.vocab.end, dtype=torch.long)
@@ -235,13 +277,15 @@ def code_predictions(
                 uni_nll -= float(log_unigram[targets].sum())
                 uni_correct += int((targets == top).sum())
                 copy_correct += int((targets == previous).sum())
+            ids, att = ids.to(device), att.to(device)
             with autocast(bf16, device.type):
-                h = model.hidden_states(ids.to(device), att.to(device))
+                vec = _vector_input(model, ids, chunk, chunk_vecs)
+                h = model.hidden_states(ids, att, vec)
             h = h[torch.tensor(pos_rows), torch.tensor(pos_cols)]
             logits = model.fmri_head(h.to(model.fmri_head.weight.dtype)).float()
             target = torch.from_numpy(np.concatenate(target_list)).to(device)
             # sanity: the positions picked are exactly the code ids of steps 2..n
-            expected = ids[torch.tensor(pos_rows), torch.tensor(pos_cols) + 1].to(device)
+            expected = ids[torch.tensor(pos_rows), torch.tensor(pos_cols) + 1]
             if not torch.equal(expected - model.vocab.text_size, target):
                 raise FmrilmError("internal error: span layout differs from FmriVocab.span")
             nll += float(F.cross_entropy(logits, target, reduction="sum"))
