@@ -135,3 +135,16 @@ def test_grad_clip_must_be_positive(value):
     # nothing); a negative max_norm flips their sign (gradient ascent)
     with pytest.raises(FmrilmError, match="grad_clip"):
         load_config(TokenizerConfig, overrides=[f"grad_clip={value}"])
+
+
+def test_exponent_floats_without_a_dot_are_read_as_numbers(tmp_path):
+    """YAML 1.1 reads 1e-3 as a string; settings that are floats accept it."""
+    from fmrilm.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, overrides=["lr=1e-3", "new_params_lr=5e-3"])
+    assert cfg.lr == 1e-3 and cfg.new_params_lr == 5e-3
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 2e-4\n")
+    assert load_config(TokenizerConfig, path).lr == 2e-4
+    with pytest.raises(FmrilmError, match="lr"):
+        load_config(TokenizerConfig, overrides=["lr=fast"])
