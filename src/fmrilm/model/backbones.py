@@ -699,26 +699,12 @@ def tiny_llama_config(
     )
 
 
-def tiny_llama(
-    vocab_size: int = 256,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 512,
-    seed: int = 0,
-    **config_overrides: Any,
-) -> Any:
-    """A randomly initialised 2-layer LlamaForCausalLM for tests (builds in milliseconds)."""
+def tiny_llama(seed: int = 0, **config_kwargs: Any) -> Any:
+    """A randomly initialised 2-layer LlamaForCausalLM for tests (builds in milliseconds).
+
+    ``config_kwargs`` go to :func:`tiny_llama_config` (vocab_size, hidden_size, ...).
+    """
     torch, transformers = _require_llm_stack()
-    config = tiny_llama_config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        **config_overrides,
-    )
+    config = tiny_llama_config(**config_kwargs)
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(config).eval()
