@@ -40,6 +40,17 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], error: str) -> None:
+    """Copy ``state`` into the model's trainable parameters: all of them, same shapes, or
+    raise ``FmrilmError(error)`` before changing anything."""
+    own = trainable_state(model)
+    if set(own) != set(state) or any(own[k].shape != v.shape for k, v in state.items()):
+        raise FmrilmError(error)
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -97,12 +108,7 @@ def load_checkpoint(
     tensors = load_file(str(path))
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     if info.get("trainable_only"):
-        own = trainable_state(model)
-        if set(own) != set(state) or any(own[k].shape != v.shape for k, v in state.items()):
-            raise FmrilmError(f"{path}: trainable weights do not match the model")
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
+        load_trainable(model, state, f"{path}: trainable weights do not match the model")
     else:
         load_state_strict(model, state, str(path))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}

@@ -277,7 +277,7 @@ def load_model(directory, device: str = "cpu"):
 
     from safetensors.torch import load_file
 
-    from fmrilm.checkpoint import trainable_state
+    from fmrilm.checkpoint import load_trainable
     from fmrilm.config import PretrainConfig, from_dict
     from fmrilm.io import read_json, sha256_file
     from fmrilm.recipes.pretrain import build_model
@@ -305,12 +305,7 @@ def load_model(directory, device: str = "cpu"):
             f"{directory}: the backbone's tokenizer differs from the one trained with"
         )
     state = load_file(str(weights), device=device)
-    own = trainable_state(model)
-    if set(own) != set(state) or any(own[k].shape != v.shape for k, v in state.items()):
-        raise FmrilmError(
-            f"{weights}: trainable weights do not match {config.llm} with this config"
-        )
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v)
+    load_trainable(
+        model, state, f"{weights}: trainable weights do not match {config.llm} with this config"
+    )
     return model.to(device).eval(), text_tok, fmri_tok, config
