@@ -50,14 +50,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# short enough for ~10 minutes on 2 CPU cores with SmolLM2-135M; key=value overrides win
+# about 50 minutes of training on 2 CPU cores with SmolLM2-135M (interrupted runs resume from
+# the last checkpoint); key=value overrides win, e.g. steps=60 warmup=6 for a quick look
 PRESET = (
-    "steps=60",
+    "steps=300",
     "batch_size=4",
     "span_patches=2",
-    "warmup=6",
+    "warmup=20",
     "log_every=10",
-    "ckpt_every=60",
+    "ckpt_every=50",
 )
 
 # used only when the shipped replay set (fmrilm.model.replay) is missing: plain sentences

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser(
         "pretrain",
-        help="stage 2 (work in progress): adapt an LLM to fMRI tokens and text with LoRA",
+        help="stage 2: adapt an LLM to fMRI tokens and text with LoRA (torchrun-ready)",
     )
     pre.add_argument("--tokenizer", required=True, type=Path, help="stage-1 tokenizer folder")
     pre.add_argument("--data", required=True, type=Path, help="cohort folder")
@@ -193,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--llm", help="backbone name or folder (default smollm2-135m-instruct)")
     pre.add_argument("--config", type=Path, help="YAML file of settings")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.add_argument(
+        "--device", default="auto", help="auto (GPU of this process if any, else CPU), cpu, cuda"
+    )
+    pre.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard the frozen backbone across processes (large backbones)",
+    )
     pre.add_argument("overrides", nargs="*", metavar="key=value")
     pre.set_defaults(command="run")
     return p
@@ -476,7 +485,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"llm={args.llm}"] if args.llm else [])
     config = load_config(PretrainConfig, args.config, overrides)
-    run_pretrain(args.tokenizer, args.data, args.out, config, corpus=args.corpus)
+    run_pretrain(
+        args.tokenizer, args.data, args.out, config, corpus=args.corpus,
+        progress=not args.quiet, device=args.device, fsdp=args.fsdp,
+    )  # fmt: skip
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -155,8 +155,26 @@ class TokenizerConfig:
 
 
 @dataclass
-class PretrainConfig:
-    """Stage 2: joint fMRI-language modelling with LoRA (work in progress; see issue 5)."""
+class _LoopConfig:
+    """The optimisation settings shared by the LLM stages (2 and 3); see their defaults."""
+
+    steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-3  # LoRA adapters
+    new_params_lr: float = 5e-3  # fMRI embeddings, fMRI head (and projector)
+    weight_decay: float = 0.0
+    warmup: int = 20
+    grad_clip: float = 1.0
+    bf16: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+
+
+@dataclass
+class PretrainConfig(_LoopConfig):
+    """Stage 2: joint fMRI-language modelling with LoRA (``fmrilm pretrain``)."""
 
     llm: str = "smollm2-135m-instruct"
     # LoRA on the backbone's attention and MLP projections (targets from the backbone spec)
@@ -173,19 +191,6 @@ class PretrainConfig:
     temporal_weight: float = 1.0
     description_weight: float = 1.0
     replay_weight: float = 0.5
-    # optimisation
-    steps: int = 200
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    new_params_lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 20
-    grad_clip: float = 1.0
-    bf16: Literal["auto", "on", "off"] = "auto"
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 50
 
     def validate(self) -> None:
         _positive(self, "lr", "new_params_lr", "grad_clip")
@@ -198,6 +203,53 @@ class PretrainConfig:
             raise FmrilmError(f"objective weights {weights} must be >= 0 and not all 0")
         if not 0 <= self.lora_dropout < 1:
             raise FmrilmError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class InstructConfig(_LoopConfig):
+    """Stage 3: multi-task instruction tuning of a stage-2 model (``fmrilm instruct``).
+
+    The stage-2 LoRA adapters and fMRI tables continue training on questions about scans;
+    the backbone stays frozen.
+    """
+
+    # tasks: names of fmrilm.instruct.tasks (or any phenotype column); empty = all applicable
+    tasks: list[str] = field(default_factory=list)
+    # never trained on: kept for zero-shot evaluation
+    held_out_tasks: list[str] = field(default_factory=list)
+    # each scan enters as `span_patches` time steps of one window (random in training)
+    span_patches: int = 3
+    max_len: int = 1536
+    # prompt mix
+    multi_question: float = 0.2  # share of prompts that ask several questions at once
+    context_prob: float = 0.3  # share with a dataset/acquisition context line
+    fewshot_prob: float = 0.2  # share with in-context exemplars from other training subjects
+    fewshot_k: int = 1  # exemplars per class in those prompts
+    # objectives (weight 0 switches one off); descriptions are one of the tasks
+    instruct_weight: float = 1.0
+    temporal_weight: float = 0.0
+    description_weight: float = 0.0
+    replay_weight: float = 0.2
+    # optimisation (other defaults as in stage 2)
+    steps: int = 300
+    lr: float = 5e-4
+    new_params_lr: float = 1e-3
+
+    def validate(self) -> None:
+        _positive(self, "lr", "new_params_lr", "grad_clip", "instruct_weight")
+        _at_least(
+            self, 1, "span_patches", "max_len", "steps", "batch_size", "grad_accum",
+            "log_every", "ckpt_every", "fewshot_k",
+        )  # fmt: skip
+        for name in ("multi_question", "context_prob", "fewshot_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise FmrilmError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("temporal_weight", "description_weight", "replay_weight"):
+            if getattr(self, name) < 0:
+                raise FmrilmError(f"{name} must be >= 0, got {getattr(self, name)}")
+        both = sorted(set(self.tasks) & set(self.held_out_tasks))
+        if both:
+            raise FmrilmError(f"task {both[0]!r} is both trained (tasks) and held out")
 
 
 # -- loading -------------------------------------------------------------------------------

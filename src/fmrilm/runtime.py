@@ -62,8 +62,42 @@ def init_distributed() -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # one GPU per process, chosen by torchrun's LOCAL_RANK
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def training_device(requested: str = "auto") -> torch.device:
+    """``auto``: this process's GPU (torchrun's LOCAL_RANK) when CUDA is visible, else the CPU."""
+    import os
+
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise FmrilmError("device=cuda but no CUDA GPU is visible; use --device cpu")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    raise FmrilmError(f"--device must be auto, cpu or cuda, got {requested!r}")
+
+
+def shard_frozen_weights(model: torch.nn.Module, layers, keep: set) -> None:
+    """FSDP2 (``fully_shard``) over the frozen backbone: every decoder layer, then the root.
+
+    The trainable parameters (``keep``: LoRA adapters, fMRI tables -- a few MB) stay whole on
+    every process, so their gradients are all-reduced as without FSDP and checkpoints are
+    unchanged; what is sharded is the frozen weights, the memory that grows with the backbone.
+    Needs an initialised process group (torchrun).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
+        fully_shard(layer, ignored_params=keep)
+    fully_shard(model, ignored_params=keep)
 
 
 @contextlib.contextmanager

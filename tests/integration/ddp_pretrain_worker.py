@@ -1,6 +1,6 @@
 """Run by test_pretrain.py: tiny stage-2 training, alone or under torchrun; saves the weights.
 
-Usage: python ddp_pretrain_worker.py OUT_FILE   (or torchrun --nproc_per_node 2 ... OUT_FILE)
+Usage: python ddp_pretrain_worker.py OUT_FILE [--fsdp]  (or torchrun --nproc_per_node 2 ...)
 """
 
 import sys
@@ -17,7 +17,7 @@ from fmrilm.runtime import init_distributed
 from fmrilm.tokenizer import FMRITokenizer
 
 
-def main(out: str) -> None:
+def main(out: str, fsdp: bool = False) -> None:
     torch.set_num_threads(1)
     rank, world = init_distributed()
     backbone, tok, spec = get_backbone("tiny")
@@ -34,11 +34,18 @@ def main(out: str) -> None:
         for i in range(5)
     ]
     replay = ["The river flows to the sea.", "Bread is baked in an oven at dawn."]
-    summary = train_joint(model, tok, scans, replay, cfg, out + ".run", log=lambda s: None)
+    summary = train_joint(
+        model, tok, scans, replay, cfg, out + ".run", fsdp=fsdp, log=lambda s: None
+    )
     if rank == 0:
         state = {k: v.detach().contiguous() for k, v in trainable_state(model).items()}
-        save_file(state, out, metadata={"world": str(world), "history": repr(summary["history"])})
+        from torch.distributed.tensor import DTensor
+
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        sharded = sum(isinstance(p, DTensor) for p in frozen)
+        meta = {"world": str(world), "history": repr(summary["history"]), "sharded": str(sharded)}
+        save_file(state, out, metadata=meta)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], fsdp="--fsdp" in sys.argv[2:])

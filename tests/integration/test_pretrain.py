@@ -1,4 +1,4 @@
-"""Stage 2 (work in progress): joint training on the tiny backbone learns and resumes exactly."""
+"""Stage 2: joint training on the tiny backbone learns, resumes exactly, loads and answers."""
 
 import numpy as np
 import pytest
@@ -95,6 +95,28 @@ def test_joint_training_learns_and_resumes_exactly(tmp_path, monkeypatch):
     a = {n: p for n, p in m1.named_parameters() if p.requires_grad}
     b = {n: p for n, p in m3.named_parameters() if p.requires_grad}
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the log interval cut by the crash (steps 3-4) reports the same losses as without it
+    import json
+
+    from fmrilm.checkpoint import read_checkpoint_meta
+
+    def losses(run):
+        hist = read_checkpoint_meta(tmp_path / run / "checkpoint.safetensors")["history"]
+        return [{k: v for k, v in h.items() if k != "tokens_per_s"} for h in hist]
+
+    assert json.dumps(losses("b")) == json.dumps(losses("c")) and len(losses("b")) == 3
+
+
+def test_resuming_on_other_inputs_is_refused(tmp_path):
+    from fmrilm.errors import FmrilmError
+
+    model, tok = _setup()
+    inputs = {"cohort_id": "abc", "train_scans": "0123"}
+    train_joint(model, tok, _scans(), [], _cfg(steps=3), tmp_path, inputs=inputs, log=print)
+    model, tok = _setup()
+    other = {**inputs, "cohort_id": "xyz"}
+    with pytest.raises(FmrilmError, match=r"other inputs \(cohort_id\)"):
+        train_joint(model, tok, _scans(), [], _cfg(steps=6), tmp_path, inputs=other, log=print)
 
 
 def test_save_and_load_give_the_same_model(tmp_path):
@@ -119,16 +141,33 @@ def test_save_and_load_give_the_same_model(tmp_path):
         a["text_loss"], b["text_loss"]
     )
     assert cfg2 == cfg and len(tok2) == len(tok)
-    # a changed weights file is refused
-    (tmp_path / "model" / "trainable.safetensors").write_bytes(b"garbage")
+    # describe / ask a scan given as an array + ROI table: text out, deterministic (greedy)
+    import pandas as pd
+
+    rois = pd.DataFrame({"name": ["a", "b", "c"], "x": [-40, 0, 40], "y": [0, 20, -20],
+                         "z": [10, 30, 50], "network": ["Default", "Visual", "Default"]})  # fmt: skip
+    series = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    text = again.describe(series, atlas=rois, tr=2.0, max_new_tokens=5)
+    assert isinstance(text, str) and text == again.describe(
+        series, atlas=rois, tr=2.0, max_new_tokens=5
+    )
+    assert isinstance(again.ask(series, "Which task?", atlas=rois, tr=2.0, max_new_tokens=3), str)
     from fmrilm.errors import FmrilmError
 
+    with pytest.raises(FmrilmError, match="window=9"):
+        again.describe(series, atlas=rois, tr=2.0, window=9)
+    with pytest.raises(FmrilmError, match="pass atlas="):
+        again.describe(series, tr=2.0)
+    with pytest.raises(FmrilmError, match="from_pretrained"):
+        loaded.describe(series, atlas=rois, tr=2.0)
+    # a changed weights file is refused
+    (tmp_path / "model" / "trainable.safetensors").write_bytes(b"garbage")
     with pytest.raises(FmrilmError, match="checksum"):
         load_model(tmp_path / "model")
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo, CPU) gives the weights of a single-process run."""
+    """torchrun --nproc_per_node 2 (gloo, CPU), plain or FSDP, gives the single-process weights."""
     import os
     import subprocess
     import sys
@@ -143,10 +182,21 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29533", worker, two]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, timeout=300)
-    a, b = load_file(one), load_file(two)
-    assert a.keys() == b.keys() and len(a) > 0
+    # the same with the frozen backbone sharded by FSDP2 (fully_shard) across the 2 processes
+    sharded = str(tmp_path / "fsdp.safetensors")
+    cmd[-1] = sharded
+    subprocess.run([*cmd, "--fsdp"], check=True, env=env, timeout=300)
+    from safetensors import safe_open
+
+    with safe_open(sharded, framework="pt") as fh:
+        assert int(fh.metadata()["sharded"]) > 0  # the frozen weights were DTensor shards
+    with safe_open(two, framework="pt") as fh:
+        assert int(fh.metadata()["sharded"]) == 0
+    a, b, c = load_file(one), load_file(two), load_file(sharded)
+    assert a.keys() == b.keys() == c.keys() and len(a) > 0
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+        assert torch.allclose(a[k], c[k], atol=1e-5, rtol=1e-4), k
     # the runs did train: the LoRA B matrices left their zero initialisation
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
 

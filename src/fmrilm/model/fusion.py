@@ -1,4 +1,4 @@
-"""Early fusion of fMRI tokens and text in one causal LM (stage 2) -- work in progress.
+"""Early fusion of fMRI tokens and text in one causal LM (stage 2).
 
 fMRI codes become new vocabulary entries. They live in their own embedding table (codebook
 size + 3 delimiters), next to the backbone's frozen word embeddings, so LoRA adapters and the
@@ -25,6 +25,7 @@ earlier steps (and the earlier ROIs of step t).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,13 +142,100 @@ class FMRILM(nn.Module):
     def from_pretrained(cls, directory, device: str = "cpu") -> FMRILM:
         """Load a stage-2 folder (see :func:`save_model`); the model carries its tokenizers as
         ``.text_tokenizer`` and ``.fmri_tokenizer`` and its settings as ``.pretrain_config``."""
+        from fmrilm.io import read_json
+
         model, text_tok, fmri_tok, config = load_model(directory, device)
         model.text_tokenizer, model.fmri_tokenizer, model.pretrain_config = (
             text_tok,
             fmri_tok,
             config,
         )
+        model.info = read_json(Path(directory) / "config.json")
         return model
+
+    # -- using a loaded model ----------------------------------------------------------------------
+    def _loaded(self, what: str):
+        tok = getattr(self, "fmri_tokenizer", None)
+        if tok is None or getattr(self, "text_tokenizer", None) is None:
+            raise FmrilmError(f"{what} needs a model loaded with FMRILM.from_pretrained(dir)")
+        return tok
+
+    def scan_span(
+        self, scan, *, atlas=None, tr: float | None = None, window: int = 0, start: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The codes (ROIs, span_patches) the model reads of one scan, and their vectors.
+
+        ``scan``: a :class:`fmrilm.data.Scan` (its ``tr`` and builtin ``atlas`` name are used
+        unless given) or a (frames, ROIs) array with ``atlas=`` (an Atlas or ROI table) and
+        ``tr=``. The span is ``span_patches`` time steps from patch ``start`` of window
+        ``window`` -- the length the model saw in training.
+        """
+        fmri_tok = self._loaded("scan_span")
+        if atlas is None:
+            name = getattr(scan, "atlas", "")
+            if not name:
+                raise FmrilmError("pass atlas= (an Atlas or ROI table) for an array input")
+            from fmrilm.data.atlas import load_atlas
+
+            atlas = load_atlas(name)
+        vectors_needed = self.projector is not None
+        tokens = fmri_tok.encode(scan, atlas=atlas, tr=tr, with_vectors=vectors_needed)
+        n_windows = tokens.ids.shape[0]
+        if not -n_windows <= window < n_windows:
+            raise FmrilmError(f"window={window}: the scan has {n_windows} window(s)")
+        codes = tokens.ids[window]
+        span = self.pretrain_config.span_patches
+        valid = int((codes[0] >= 0).sum())
+        if not 0 <= start < valid:
+            raise FmrilmError(f"start={start}: window {window} has {valid} time step(s)")
+        codes = codes[:, start : start + span]
+        vectors = None
+        if vectors_needed:
+            vectors = tokens.vectors[window][:, start : start + span]
+        return codes, vectors
+
+    def ask(
+        self,
+        scan,
+        question: str,
+        *,
+        atlas=None,
+        tr: float | None = None,
+        window: int = 0,
+        start: int = 0,
+        max_new_tokens: int = 160,
+        greedy: bool = True,
+        bf16: bool | None = None,
+    ) -> str:
+        """Free-text answer to ``question`` about one scan (greedy decoding is deterministic).
+
+        A stage-2 model was trained on one instruction only ("Describe this brain scan."), so
+        other questions are answered zero-shot from that training.
+        """
+        from fmrilm.model.generate import describe_batch
+        from fmrilm.runtime import use_bf16
+
+        if not str(question).strip():
+            raise FmrilmError("the question is empty")
+        codes, vectors = self.scan_span(scan, atlas=atlas, tr=tr, window=window, start=start)
+        if bf16 is None:
+            bf16 = use_bf16(self.pretrain_config.bf16, str(self.fmri_embed.weight.device))
+        return describe_batch(
+            self,
+            self.text_tokenizer,
+            [codes],
+            max_new_tokens,
+            greedy,
+            instruction=str(question).strip(),
+            bf16=bf16,
+            vectors=None if vectors is None else [vectors],
+        )[0]
+
+    def describe(self, scan, **kwargs) -> str:
+        """A description of one scan in the words of the descriptive corpus (see :meth:`ask`)."""
+        from fmrilm.model.objectives import DESCRIBE
+
+        return self.ask(scan, DESCRIBE, **kwargs)
 
     # -- pieces of the backbone -------------------------------------------------------------------
     def _base(self):
@@ -238,11 +326,14 @@ MODEL_FORMAT = "fmrilm-model"
 MODEL_FORMAT_VERSION = 1
 
 
-def save_model(model: FMRILM, directory, pretrain_config, fmri_tokenizer) -> None:
-    """Write a stage-2 model folder: trainable weights, the fMRI tokenizer, config.json last.
+def save_model(
+    model: FMRILM, directory, pretrain_config, fmri_tokenizer, extra: dict | None = None
+) -> None:
+    """Write a model folder: trainable weights, the fMRI tokenizer, config.json last.
 
     The frozen backbone is not copied: ``config.json`` names it (``llm``) and loading rebuilds
-    it from the registry, then applies the saved LoRA adapters and fMRI tables.
+    it from the registry, then applies the saved LoRA adapters and fMRI tables. ``extra``
+    (JSON-able, e.g. stage 3's settings and tasks) is stored in config.json as is.
     """
     from pathlib import Path
 
@@ -267,6 +358,7 @@ def save_model(model: FMRILM, directory, pretrain_config, fmri_tokenizer) -> Non
             "pretrain": to_dict(pretrain_config),
             "vocab": {"text_size": model.vocab.text_size, "n_codes": model.vocab.n_codes},
             "weights_sha256": sha256_file(directory / "trainable.safetensors"),
+            **(extra or {}),
         },
     )
 

@@ -90,21 +90,54 @@ def describe_batch(
     Returns a list of strings, or ``(strings, stats)`` with ``return_stats`` (``stats``: the
     number of generated tokens up to each end-of-sequence, and the seconds taken).
     """
+    if not len(codes):
+        return ([], {"generated_tokens": 0, "seconds": 0.0}) if return_stats else []
+    prompts = [prompt_ids(model, text_tokenizer, c, instruction) for c in codes]
+    device = model.fmri_embed.weight.device
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), _pad_id(text_tokenizer), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, n - len(p) :] = torch.tensor(p, device=device)
+    vec = _vector_input(model, ids, codes, vectors)
+    return generate_from_ids(
+        model, text_tokenizer, prompts, max_new_tokens, greedy, bf16=bf16,
+        return_stats=return_stats, vectors=vec, **generate_kwargs,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model: FMRILM,
+    text_tokenizer,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 160,
+    greedy: bool = True,
+    *,
+    bf16: bool = False,
+    return_stats: bool = False,
+    vectors: torch.Tensor | None = None,
+    **generate_kwargs: Any,
+):
+    """Text continuations of prompts given as joint ids (text, fMRI codes, delimiters).
+
+    Prompts are left-padded and generated together; ``vectors`` (B, L, dim) are the
+    continuous-ablation inputs aligned with the left-padded ids. Returns a list of strings, or
+    ``(strings, stats)`` with ``return_stats``.
+    """
     import time
 
-    if not len(codes):
+    if not len(prompts):
         return ([], {"generated_tokens": 0, "seconds": 0.0}) if return_stats else []
     if max_new_tokens < 1:
         raise FmrilmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     pad = _pad_id(text_tokenizer)
     eos = text_tokenizer.eos_token_id
-    prompts = [prompt_ids(model, text_tokenizer, c, instruction) for c in codes]
     n = max(len(p) for p in prompts)
     device = model.fmri_embed.weight.device
     ids = torch.full((len(prompts), n), pad, dtype=torch.long, device=device)
     att = torch.zeros((len(prompts), n), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
-        ids[i, n - len(p) :] = torch.tensor(p, device=device)
+        ids[i, n - len(p) :] = torch.tensor(list(p), device=device)
         att[i, n - len(p) :] = 1
     was_training = model.training
     model.eval()
@@ -121,7 +154,7 @@ def describe_batch(
     t0 = time.perf_counter()
     try:
         with autocast(bf16, device.type):
-            embeds = model.embed(ids, _vector_input(model, ids, codes, vectors))
+            embeds = model.embed(ids, vectors)
             out = base.generate(inputs_embeds=embeds, attention_mask=att, **options)
     finally:
         model.train(was_training)

@@ -1,4 +1,4 @@
-"""Training examples of stage 2 -- work in progress.
+"""Training examples of stage 2 (and the prompt layout stage 3 builds on).
 
 Three objectives, each a function that turns data into token ids plus a loss mask:
 
@@ -9,7 +9,7 @@ Three objectives, each a function that turns data into token ids plus a loss mas
 * **text replay**: plain text from the replay set; the loss is on every token.
 
 Ids follow :class:`fmrilm.model.fusion.FmriVocab`; the text tokenizer's chat template is used
-when it has one (SmolLM2-Instruct: ChatML), else a plain ``Scan: ... Description:`` format.
+when it has one (SmolLM2-Instruct: ChatML), else a plain ``<span>\n<instruction>\nAnswer:`` format.
 """
 
 from __future__ import annotations
@@ -54,20 +54,29 @@ def _text_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def prompt_parts(tokenizer, instruction: str = DESCRIBE) -> tuple[list[int], list[int]]:
-    """Token ids before and after the fMRI span in the user turn (generation prompt included)."""
+def prompt_pieces(tokenizer, content: str, n_spans: int) -> list[list[int]]:
+    """Token ids of a user turn around its ``n_spans`` fMRI spans (generation prompt included).
+
+    ``content`` is the user message with one :data:`PLACEHOLDER` where each span goes; the
+    result has ``n_spans + 1`` pieces: text before the first span, between spans, and after
+    the last (up to where the reply starts). Without a chat template the turn is
+    ``content\nAnswer:``.
+    """
     if getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{PLACEHOLDER}\n{instruction}"}],
-            tokenize=False,
-            add_generation_prompt=True,
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
     else:
-        rendered = f"Scan: {PLACEHOLDER}\n{instruction}\nAnswer:"
-    if rendered.count(PLACEHOLDER) != 1:
-        raise FmrilmError("the chat template dropped or repeated the fMRI placeholder")
-    before, after = rendered.split(PLACEHOLDER)
-    return _text_ids(tokenizer, before), _text_ids(tokenizer, after)
+        rendered = f"{content}\nAnswer:"
+    if rendered.count(PLACEHOLDER) != n_spans:
+        raise FmrilmError("the chat template dropped or repeated an fMRI placeholder")
+    return [_text_ids(tokenizer, piece) for piece in rendered.split(PLACEHOLDER)]
+
+
+def prompt_parts(tokenizer, instruction: str = DESCRIBE) -> tuple[list[int], list[int]]:
+    """Token ids before and after the fMRI span of a one-scan instruction (span first)."""
+    before, after = prompt_pieces(tokenizer, f"{PLACEHOLDER}\n{instruction}", 1)
+    return before, after
 
 
 def description_example(

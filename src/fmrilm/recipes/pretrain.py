@@ -1,11 +1,15 @@
-"""Stage 2 recipe: joint fMRI-language modelling with LoRA -- work in progress (issue 5).
+"""Stage 2 recipe: joint fMRI-language modelling with LoRA (``fmrilm pretrain``).
 
 setup (fMRI tokenizer, backbone + LoRA, codes of the training scans, corpus texts, replay
-text) -> train (resumable; a micro-batch per objective per step) -> save.
+text) -> train (a micro-batch per objective per step) -> save (:func:`fmrilm.model.fusion.save_model`).
 
-Done so far: the training loop on one process with the three objectives, trainable-only
-checkpoints with exact resume. Still missing (see issue 5 notes): ``FMRILM.from_pretrained``,
-the CLI, torchrun/DDP, the continuous-projector ablation, the benchmark and the demo step.
+* Resumable: the trainable weights, AdamW state, step, history and the partial log sums are
+  checkpointed atomically every ``ckpt_every`` steps and on Ctrl-C; rerunning the command
+  continues. A checkpoint made with other settings or other inputs (cohort, training split,
+  fMRI tokenizer, corpus) is refused.
+* Distributed: under ``torchrun`` every process draws the same global batch from the step's
+  seed and takes its share; gradients of the trainable weights (LoRA + fMRI tables, a few MB)
+  are all-reduced, so N processes compute what one process does with the whole batch.
 """
 
 from __future__ import annotations
@@ -114,10 +118,10 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce_int(value: int, world: int) -> int:
+def _all_reduce_int(value: int, world: int, device=None) -> int:
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.long)
+    t = torch.tensor([value], dtype=torch.long, device=device)
     torch.distributed.all_reduce(t)
     return int(t.item())
 
@@ -177,18 +181,29 @@ def train_joint(
     config: PretrainConfig,
     out: str | Path,
     *,
+    inputs: dict[str, Any] | None = None,
+    sampler: Callable[[int], dict[str, list]] | None = None,
+    fsdp: bool = False,
+    progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train the trainable weights of ``model``; resumes from ``out/checkpoint.safetensors``."""
+    """Train the trainable weights of ``model``; resumes from ``out/checkpoint.safetensors``.
+
+    ``config``: a :class:`PretrainConfig`, or any config with the same optimisation fields and
+    objective weights (stage 3's :class:`fmrilm.config.InstructConfig` adds ``instruct``).
+    ``inputs``: identities of the training data (stored in every checkpoint; resuming with
+    other inputs is refused). ``sampler(step)`` gives the step's examples per objective (a
+    pure function of the step); by default :func:`sample_step` draws stage 2's objectives.
+    ``fsdp`` (under torchrun) shards the frozen backbone weights across the processes
+    (:func:`fmrilm.runtime.shard_frozen_weights`); the model must not be used outside
+    training afterwards in that process. Batches go to the device the model is on.
+    """
     config.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
-    weights = {
-        "temporal": config.temporal_weight,
-        "description": config.description_weight,
-        "replay": config.replay_weight,
-    }
+    kinds = ("temporal", "description", "replay", "instruct")
+    weights = {k: float(getattr(config, f"{k}_weight", 0.0)) for k in kinds}
     new = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("fmri_")]
     lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fmri_")]
     optimizer = torch.optim.AdamW(
@@ -198,9 +213,19 @@ def train_joint(
         ],
         weight_decay=config.weight_decay,
     )
-    start, history = 0, []
+    start, history, pending = 0, [], None
+    inputs = dict(inputs or {})
     if ckpt.exists():
         meta = read_checkpoint_meta(ckpt)
+        if meta.get("inputs", {}) != inputs:
+            diff = sorted(
+                k for k in set(inputs) | set(meta.get("inputs", {}))
+                if meta.get("inputs", {}).get(k) != inputs.get(k)
+            )  # fmt: skip
+            raise FmrilmError(
+                f"{out}: its checkpoint was trained on other inputs ({', '.join(diff)}); resume "
+                "with the same tokenizer, cohort and corpus or choose another --out"
+            )
         saved = {
             k: v for k, v in meta["config"].items() if k not in ("steps", "log_every", "ckpt_every")
         }
@@ -214,26 +239,54 @@ def train_joint(
             raise FmrilmError(f"{out}: checkpoint trained with other settings ({', '.join(diff)})")
         info = load_checkpoint(ckpt, model, optimizer)
         start, history = int(info["step"]), list(info["history"])
+        pending = info.get("log_sums")
         log(f"resuming from {ckpt} at step {start}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    bf16 = use_bf16(config.bf16)
+    dev = model.fmri_embed.weight.device
+    bf16 = use_bf16(config.bf16, str(dev))
     trainable = lora + new
     rank, world = _dist_rank_world()
     if world > 1:  # every process starts from rank 0's weights
         for p in trainable:
             torch.distributed.broadcast(p.data, src=0)
-    kinds = ("temporal", "description", "replay")
+    if fsdp:
+        if world < 2:
+            raise FmrilmError("--fsdp shards weights across processes: start with torchrun")
+        from fmrilm.runtime import shard_frozen_weights
+
+        shard_frozen_weights(model, model._base().get_decoder().layers, set(trainable))
+    # loss sums of the current log interval; kept in checkpoints so a resumed run logs the
+    # same numbers as an uninterrupted one
     sums = torch.zeros(2 * len(kinds) + 2, dtype=torch.float64)
+    if pending is not None and len(pending) == len(sums):
+        sums = torch.tensor(pending, dtype=torch.float64)
     n_tokens, t0, n_steps = 0, time.perf_counter(), 0
-    meta = {"config": to_dict(config)}
-    with deferred_sigint() as interrupted:
+
+    def checkpoint(step: int) -> None:
+        meta = {
+            "config": to_dict(config),
+            "inputs": inputs,
+            "step": step,
+            "history": history,
+            "log_sums": sums.tolist(),
+        }
+        save_checkpoint(ckpt, model, optimizer, meta, trainable_only=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc="stage 2",
+        unit="step",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
+    )
+    with deferred_sigint() as interrupted, bar:
         for step in range(start, config.steps):
             if interrupted():
                 if rank == 0:
-                    save_checkpoint(
-                        ckpt, model, optimizer, {**meta, "step": step, "history": history},
-                        trainable_only=True,
-                    )  # fmt: skip
+                    checkpoint(step)
                     log(f"interrupted: checkpoint at step {step} in {ckpt}; run again to resume")
                 raise KeyboardInterrupt
             seed_step(config.seed, step)
@@ -242,12 +295,22 @@ def train_joint(
             model.train()
             optimizer.zero_grad(set_to_none=True)
             # every process draws the same global batch and takes its share: rank::world
-            batches = sample_step(step, config, scans, replay, model.vocab, tokenizer)
+            if sampler is None:
+                batches = sample_step(step, config, scans, replay, model.vocab, tokenizer)
+            else:
+                batches = sampler(step)
             step_sums = torch.zeros_like(sums)
             for kind, examples in batches.items():
+                if weights.get(kind, 0.0) <= 0:
+                    continue
                 mine = examples[rank::world]
                 chunks = [
-                    collate([mine[i] for i in c], pad, config.max_len, model.vocab)
+                    {
+                        k: v.to(dev)
+                        for k, v in collate(
+                            [mine[i] for i in c], pad, config.max_len, model.vocab
+                        ).items()
+                    }
                     for c in np.array_split(np.arange(len(mine)), config.grad_accum)
                     if len(c)
                 ]
@@ -263,12 +326,12 @@ def train_joint(
                     )
                     for b in chunks
                 )
-                total = _all_reduce_int(local, world)
+                total = _all_reduce_int(local, world, dev)
                 if total == 0:
                     continue
                 k = kinds.index(kind)
                 for b in chunks:
-                    with autocast(bf16):
+                    with autocast(bf16, dev.type):
                         res = model(b["ids"], b["attention_mask"], b["loss_mask"], b.get("vectors"))
                     n_tokens += int(b["attention_mask"].sum())
                     if f"{key}_loss_sum" not in res:
@@ -283,12 +346,15 @@ def train_joint(
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     torch.distributed.all_reduce(p.grad)
+                step_sums = step_sums.to(dev)
                 torch.distributed.all_reduce(step_sums)
+                step_sums = step_sums.cpu()
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             sums += step_sums
             n_steps += 1
             done = step + 1
+            bar.update(1)
             if done % config.log_every == 0 or done == config.steps:
                 dt = time.perf_counter() - t0
                 entry: dict[str, Any] = {"step": done}
@@ -300,20 +366,29 @@ def train_joint(
                 entry["tokens_per_s"] = round(n_tokens * world / max(dt, 1e-9), 1)
                 history.append(entry)
                 if rank == 0:
-                    log(" | ".join(f"{k} {v}" for k, v in entry.items()))
+                    line = " | ".join(f"{k} {v}" for k, v in entry.items())
+                    bar.write(line) if progress else log(line)
                 sums.zero_()
                 n_tokens, t0, n_steps = 0, time.perf_counter(), 0
             if (done % config.ckpt_every == 0 or done == config.steps) and rank == 0:
-                save_checkpoint(
-                    ckpt,
-                    model,
-                    optimizer,
-                    {"config": to_dict(config), "step": done, "history": history},
-                    trainable_only=True,
-                )
+                checkpoint(done)
             if world > 1 and (done % config.ckpt_every == 0 or done == config.steps):
                 torch.distributed.barrier()
     return {"config": to_dict(config), "versions": versions(), "history": history}
+
+
+def training_inputs(tokenizer_dir, cohort, corpus) -> dict[str, Any]:
+    """What a stage-2 run trains on, by identity: cohort + training split, tokenizer, corpus."""
+    from fmrilm.io import digest_ids, sha256_file
+
+    out: dict[str, Any] = {
+        "cohort_id": cohort.meta.get("cohort_id"),
+        "train_scans": digest_ids(cohort.split("train")["scan_id"]),
+        "tokenizer_sha256": sha256_file(Path(tokenizer_dir) / "model.safetensors"),
+    }
+    if corpus is not None:
+        out["corpus_sha256"] = sha256_file(Path(corpus) / "corpus.json")
+    return out
 
 
 def run_pretrain(
@@ -324,14 +399,20 @@ def run_pretrain(
     corpus: str | Path | None = None,
     *,
     progress: bool = True,
+    device: str = "auto",
+    fsdp: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """``fmrilm pretrain``: codes of the training split + corpus texts + replay -> stage-2 model."""
+    """``fmrilm pretrain``: codes of the training split + corpus texts + replay -> stage-2 model.
+
+    ``device``: auto (this process's GPU under torchrun when CUDA is visible, else CPU), cpu
+    or cuda. ``fsdp``: shard the frozen backbone across torchrun's processes.
+    """
     from fmrilm.corpus.build import Corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.io import write_json
     from fmrilm.model.fusion import save_model
-    from fmrilm.runtime import init_distributed
+    from fmrilm.runtime import init_distributed, training_device
     from fmrilm.tokenizer import FMRITokenizer
 
     config.validate()
@@ -340,6 +421,7 @@ def run_pretrain(
         raise FmrilmError(f"{out} already holds a model; choose another --out")
     t0 = time.perf_counter()
     rank, world = init_distributed()
+    dev = training_device(device)
     if rank != 0:
         log = lambda line: None  # noqa: E731 -- only rank 0 reports
     fmri_tok = FMRITokenizer.from_pretrained(tokenizer_dir)
@@ -361,13 +443,19 @@ def run_pretrain(
 
         replay = load_replay("train")
     model, text_tok = build_model(config, fmri_tok)
+    model.to(dev)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log(
         f"stage 2: {config.llm}, {n_train / 1e6:.2f} M of {n_all / 1e6:.1f} M parameters train; "
         f"{len(scans)} training scans, {len(replay)} replay passages"
     )
-    summary = train_joint(model, text_tok, scans, replay, config, out, log=log)
+    inputs = training_inputs(tokenizer_dir, cohort, corpus)
+    summary = train_joint(
+        model, text_tok, scans, replay, config, out, inputs=inputs, progress=progress,
+        fsdp=fsdp, log=log,
+    )  # fmt: skip
+    summary["inputs"] = inputs
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["processes"] = world
     if rank == 0:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from fmrilm.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint, versions
 from fmrilm.config import TokenizerConfig, to_dict
 from fmrilm.errors import FmrilmError
-from fmrilm.io import read_json, write_json
+from fmrilm.io import digest_ids, read_json, write_json
 from fmrilm.runtime import autocast, deferred_sigint, seed_step, use_bf16
 from fmrilm.tokenizer.align import (
     dann_scale,
@@ -153,7 +153,7 @@ def train_tokenizer(
     if resume_meta is not None:
         if resume_meta.get("cohort_id") != cohort.meta.get("cohort_id") or resume_meta.get(
             "train_scans"
-        ) != _digest(train_rows["scan_id"]):
+        ) != digest_ids(train_rows["scan_id"]):
             raise FmrilmError(
                 f"{out}: its checkpoint was trained on another cohort or training split than "
                 f"{data}; resume with the same data or choose another --out"
@@ -173,7 +173,7 @@ def train_tokenizer(
     meta_base = {
         "config": to_dict(config),
         "cohort_id": cohort.meta.get("cohort_id"),
-        "train_scans": _digest(train_rows["scan_id"]),
+        "train_scans": digest_ids(train_rows["scan_id"]),
         "data": str(Path(data).resolve()),
         "corpus": None if corpus is None else str(Path(corpus).resolve()),
     }
@@ -286,12 +286,6 @@ def train_tokenizer(
     write_json(out / TRAINING, summary)
     emit(f"saved tokenizer to {out} ({train_seconds:.0f} s)")
     return summary
-
-
-def _digest(scan_ids) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(sorted(scan_ids)).encode()).hexdigest()[:16]
 
 
 def _check_out_dir(out: Path, config: TokenizerConfig) -> dict[str, Any] | None:
