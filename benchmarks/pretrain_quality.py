@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import resource
 import shutil
@@ -95,20 +94,10 @@ def peak_rss_mb() -> float:
 # machine peak
 
 
-def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of an n x n @ n x n ``torch.matmul`` in ``dtype``."""
-    import torch
+def matmul_peak(dtype) -> float:
+    from fmrilm.runtime import matmul_peak_flops
 
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype)
-    b = torch.randn(n, n, generator=g).to(dtype)
-    torch.matmul(a, b)  # warm up
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return matmul_peak_flops(dtype)
 
 
 # ------------------------------------------------------------------------------------------

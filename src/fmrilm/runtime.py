@@ -121,3 +121,32 @@ def deferred_sigint():
         yield lambda: bool(hits)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def matmul_peak_flops(dtype=torch.float32, device: str = "cpu", n: int = 2048, repeats: int = 5):
+    """The machine's measured matmul peak: best FLOP/s of an n x n @ n x n ``torch.matmul``.
+
+    The denominator of model FLOP utilisation (MFU) at ``dtype`` -- measured, not a datasheet
+    number, so it reflects this machine's cores/GPU and its current clock.
+    """
+    import math
+    import time
+
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=dev, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=dev, dtype=dtype)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    torch.matmul(a, b)  # warm up
+    sync()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

@@ -38,13 +38,22 @@ SPANS = {"a": np.arange(6).reshape(3, 2) % 16, "b": (np.arange(6).reshape(3, 2) 
 
 def test_render_places_every_span_and_masks_only_the_answer(model_and_tok):
     model, tok = model_and_tok
-    segments = [("scan", "a"), ("text", "Answer: yes"), ("scan", "b"), ("text", "Same?")]
+    segments = [("scan", "a"), ("text", "Answer: yes\n"), ("scan", "b"), ("text", "\nSame?")]
     ex = render(model, tok, segments, SPANS.__getitem__, answer="no")
     assert ex.ids.count(model.vocab.start) == 2 and ex.ids.count(model.vocab.end) == 2
     first = ex.ids.index(model.vocab.start)
     assert ex.ids[first : first + len(model.vocab.span(SPANS["a"]))] == model.vocab.span(SPANS["a"])
     answer = [i for i, m in zip(ex.ids, ex.loss_mask, strict=True) if m]
     assert answer == tok("no", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    # the one-scan layout is stage 2's description prompt, token for token
+    from fmrilm.model.generate import prompt_ids
+    from fmrilm.model.objectives import DESCRIBE
+
+    stage2 = prompt_ids(model, tok, SPANS["a"], DESCRIBE)
+    assert (
+        render(model, tok, [("scan", "a"), ("text", "\n" + DESCRIBE)], SPANS.__getitem__).ids
+        == stage2
+    )
     with pytest.raises(FmrilmError, match="at least one"):
         render(model, tok, [("text", "no scan")], SPANS.__getitem__)
     with pytest.raises(FmrilmError, match="segment 0"):
@@ -53,7 +62,7 @@ def test_render_places_every_span_and_masks_only_the_answer(model_and_tok):
 
 def test_candidate_scores_equal_the_full_forward_log_likelihood(model_and_tok):
     model, tok = model_and_tok
-    segments = [("text", "Context line."), ("scan", "a"), ("text", "Which one?")]
+    segments = [("text", "Context line.\n"), ("scan", "a"), ("text", "\nWhich one?")]
     prompt = render(model, tok, segments, SPANS.__getitem__).ids
     candidates = ["female", "male", "working memory", "53"]
     fast = candidate_logprobs(model, tok, prompt, candidates, batch_size=3)
@@ -72,7 +81,7 @@ def test_candidate_scores_equal_the_full_forward_log_likelihood(model_and_tok):
 def test_free_answers_are_text_and_deterministic(model_and_tok):
     model, tok = model_and_tok
     prompts = [
-        render(model, tok, [("scan", k), ("text", "Describe.")], SPANS.__getitem__).ids
+        render(model, tok, [("scan", k), ("text", "\nDescribe.")], SPANS.__getitem__).ids
         for k in ("a", "b")
     ]
     out = answer_free(model, tok, prompts, max_new_tokens=4)

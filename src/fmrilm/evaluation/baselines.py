@@ -4,6 +4,11 @@ The connectivity matrix (Fisher-z Pearson correlation, upper triangle) fed to a 
 linear model is the reference every fMRI foundation model must beat: an independent 2026
 preprint finds many do not. Hyper-parameters are chosen by cross-validation inside the training
 split only (nested: the test split is never seen while fitting).
+
+The few-shot variant (:func:`fewshot_baseline`, :func:`fewshot_curve`) trains the same model on
+only K labelled training subjects per class -- the classical counterpart of in-context or LoRA
+few-shot learning by the language model. With so few subjects inner CV is impossible, so the
+penalty is then fixed (C=1, alpha=1) and the output says so.
 """
 
 from __future__ import annotations
@@ -13,13 +18,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fmrilm.data.cohort import Cohort
 from fmrilm.errors import FmrilmError
-from fmrilm.evaluation.metrics import score
+from fmrilm.evaluation.metrics import (
+    CLASSIFICATION,
+    REGRESSION,
+    score,
+    score_classifier,
+    score_regression,
+)
+
+MIN_PER_CLASS_FOR_CV = 5  # 5-fold stratified inner CV needs 5 training rows of every class
+MIN_ROWS_FOR_CV = 10  # below this, a leave-one-out choice of the ridge penalty is mostly noise
 
 
 def fc_vector(series: np.ndarray) -> np.ndarray:
@@ -52,6 +66,100 @@ def label_kind(cohort: Cohort, label: str) -> str:
     return "regression" if cohort.meta["phenotypes"].get(label) == "numeric" else "classification"
 
 
+def linear_probe(
+    X: np.ndarray,
+    y: np.ndarray,
+    train_mask: np.ndarray,
+    test_mask: np.ndarray,
+    kind: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit StandardScaler + a regularised linear model on ``train_mask`` rows, score ``test_mask``.
+
+    Classification: ``LogisticRegressionCV`` (C by 5-fold inner CV on balanced accuracy) when
+    every training class has at least 5 rows, else a fixed ``LogisticRegression(C=1)``.
+    Regression: ``RidgeCV`` (alpha by efficient leave-one-out) with at least 10 training rows,
+    else a fixed ``Ridge(alpha=1)``. The test rows are never seen while fitting.
+
+    Returns ``kind``, ``n_train``, ``n_test``, ``y_true``, ``y_pred``, ``metrics``
+    (:func:`score_classifier` or :func:`score_regression`), ``model`` (a description),
+    ``inner_cv`` (bool) and, for classification, ``classes`` and ``proba`` (test rows x classes).
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    train_mask, test_mask = np.asarray(train_mask, bool), np.asarray(test_mask, bool)
+    if kind not in ("classification", "regression"):
+        raise FmrilmError(f"kind must be 'classification' or 'regression', got {kind!r}")
+    if not train_mask.any() or not test_mask.any():
+        raise FmrilmError("linear_probe: the training or the test rows are empty")
+    if (train_mask & test_mask).any():
+        raise FmrilmError("linear_probe: a row is in both the training and the test rows")
+    y_train = y[train_mask]
+    model, inner_cv, description = _linear_model(kind, y_train)
+    with warnings.catch_warnings():
+        # scikit-learn 1.9 announces API changes of LogisticRegressionCV that do not affect us, and
+        # small inner-CV folds may lack a class; neither changes the fitted model
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        model.fit(X[train_mask], y_train)
+    pred = model.predict(X[test_mask])
+    y_test = y[test_mask]
+    out: dict[str, Any] = {
+        "kind": kind,
+        "n_train": int(train_mask.sum()),
+        "n_test": int(test_mask.sum()),
+        "y_true": y_test.tolist(),
+        "y_pred": pred.tolist(),
+        "model": description,
+        "inner_cv": inner_cv,
+    }
+    if kind == "regression":
+        out["metrics"] = score_regression(y_test, pred, n_boot=n_boot, seed=seed)
+        return out
+    # a test class absent from training gets probability 0 (the model cannot predict it)
+    trained = np.asarray(model.classes_).tolist()
+    classes = sorted(set(trained) | set(y_test.tolist()))
+    proba = np.zeros((len(y_test), len(classes)))
+    proba[:, [classes.index(c) for c in trained]] = model.predict_proba(X[test_mask])
+    out["classes"] = classes
+    out["proba"] = np.round(proba, 6).tolist()
+    out["metrics"] = score_classifier(y_test, pred, proba, classes, n_boot=n_boot, seed=seed)
+    return out
+
+
+def _linear_model(kind: str, y_train: np.ndarray) -> tuple[Any, bool, str]:
+    """The estimator for ``kind`` and these training labels, whether it tunes its penalty by
+    inner CV, and a one-line description of it."""
+    if kind == "classification":
+        counts = pd.Series(y_train).value_counts()
+        if len(counts) < 2:
+            raise FmrilmError(
+                f"the training rows hold a single class ({counts.index[0]!r}); need at least two"
+            )
+        if counts.min() >= MIN_PER_CLASS_FOR_CV:
+            est = LogisticRegressionCV(
+                Cs=np.logspace(-4, 1, 6), cv=5, max_iter=2000, scoring="balanced_accuracy"
+            )
+            what = "LogisticRegressionCV (C by 5-fold inner CV on balanced accuracy)"
+            return make_pipeline(StandardScaler(), est), True, f"StandardScaler + {what}"
+        est = LogisticRegression(C=1.0, max_iter=2000)
+        what = (
+            f"LogisticRegression(C=1) -- fixed C: the smallest training class has "
+            f"{counts.min()} rows, too few for {MIN_PER_CLASS_FOR_CV}-fold inner CV"
+        )
+        return make_pipeline(StandardScaler(), est), False, f"StandardScaler + {what}"
+    if len(y_train) >= MIN_ROWS_FOR_CV:
+        est = RidgeCV(alphas=np.logspace(-1, 6, 15))
+        what = "RidgeCV (alpha by leave-one-out inner CV)"
+        return make_pipeline(StandardScaler(), est), True, f"StandardScaler + {what}"
+    what = (
+        f"Ridge(alpha=1) -- fixed alpha: {len(y_train)} training rows, too few "
+        f"(< {MIN_ROWS_FOR_CV}) for inner CV"
+    )
+    return make_pipeline(StandardScaler(), Ridge(alpha=1.0)), False, f"StandardScaler + {what}"
+
+
 def fc_linear_baseline(
     cohort: Cohort,
     label: str,
@@ -66,7 +174,8 @@ def fc_linear_baseline(
     """Fit FC + logistic (categorical label) or ridge (numeric label) and score the test split.
 
     ``rows`` are the manifest rows to use (default: one resting scan per subject); ``features``
-    may pass precomputed FC vectors for those rows.
+    may pass precomputed FC vectors for those rows. The model and the returned keys are those
+    of :func:`linear_probe`, plus ``label``, ``test_scans`` and ``test_subjects``.
     """
     from fmrilm.data.splits import check_splits
 
@@ -81,32 +190,12 @@ def fc_linear_baseline(
         )
     y = rows[label].to_numpy()
     kind = label_kind(cohort, label)
-    if kind == "classification":
-        model = make_pipeline(
-            StandardScaler(),
-            LogisticRegressionCV(
-                Cs=np.logspace(-4, 1, 6), cv=5, max_iter=2000, scoring="balanced_accuracy"
-            ),
-        )
-    else:
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 6, 15)))
-    with warnings.catch_warnings():
-        # scikit-learn 1.9 announces API changes of LogisticRegressionCV that do not affect us, and
-        # small inner-CV folds may lack a class; neither changes the fitted model
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        model.fit(X[train], y[train])
-    pred = model.predict(X[test])
+    probe = linear_probe(X, y, train, test, kind, n_boot=n_boot, seed=seed)
     return {
         "label": label,
-        "kind": kind,
-        "n_train": int(train.sum()),
-        "n_test": int(test.sum()),
         "test_scans": rows.loc[test, "scan_id"].tolist(),
         "test_subjects": rows.loc[test, "subject"].tolist(),
-        "y_true": y[test].tolist(),
-        "y_pred": pred.tolist(),
-        "metrics": score(kind, y[test], pred, n_boot=n_boot, seed=seed),
+        **probe,
     }
 
 
@@ -125,3 +214,216 @@ def majority_baseline(
         "kind": kind,
         "metrics": score(kind, test[label].to_numpy(), pred, n_boot=n_boot),
     }
+
+
+def fewshot_baseline(
+    cohort: Cohort,
+    label: str,
+    k: int,
+    *,
+    rows: pd.DataFrame | None = None,
+    features: np.ndarray | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    n_boot: int = 1000,
+    train_splits: tuple[str, ...] = ("train",),
+    test_split: str = "test",
+) -> dict[str, Any]:
+    """FC + linear model trained on only ``k`` labelled training subjects per class.
+
+    Classification draws ``k`` distinct subjects of every class (one row each: that subject's
+    first row of the class) from ``train_splits``; regression draws ``2 * k`` subjects. Each seed
+    draws its own subjects; the model (:func:`linear_probe`, which falls back to a fixed C or
+    alpha when there are too few subjects for inner CV) is scored on every ``test_split`` row.
+
+    Returns ``label``, ``kind``, ``k``, ``n_train`` (rows per seed), ``n_test``,
+    ``test_subjects``, ``model``, ``inner_cv``, ``metrics`` -- each [v, lo, hi] metric as
+    [mean over seeds, min over seeds, max over seeds] of the point estimates (``interval``
+    says so) -- and ``per_seed``: [{"seed", "train_subjects", "metrics"}] with each seed's
+    full metrics and bootstrap intervals over test subjects.
+    """
+    from fmrilm.data.splits import check_splits
+
+    check_splits(cohort.manifest)
+    if not seeds:
+        raise FmrilmError("fewshot_baseline: seeds is empty; pass at least one seed")
+    rows = subject_table(cohort, label) if rows is None else rows
+    kind = label_kind(cohort, label)
+    pools = _fewshot_pools(rows, label, kind, train_splits)
+    _check_k(k, pools, label)
+    test_pos = np.flatnonzero((rows["split"] == test_split).to_numpy())
+    if not len(test_pos):
+        raise FmrilmError(f"{cohort.root}: the {test_split} split has no rows labelled {label!r}")
+    picks = {seed: _fewshot_pick(pools, k, kind, seed) for seed in seeds}
+    if features is None:
+        needed = np.unique(np.concatenate([test_pos, *picks.values()]))
+        X_needed = fc_features(cohort, rows.iloc[needed])
+        lookup = {int(pos): i for i, pos in enumerate(needed)}
+    else:
+        X_needed, lookup = np.asarray(features), None
+        if len(X_needed) != len(rows):
+            raise FmrilmError(
+                f"features has {len(X_needed)} rows but rows has {len(rows)}; pass one per row"
+            )
+
+    def take(pos: np.ndarray) -> np.ndarray:
+        return X_needed[[lookup[int(p)] for p in pos]] if lookup is not None else X_needed[pos]
+
+    y_all = rows[label].to_numpy()
+    subjects = rows["subject"].to_numpy()
+    per_seed = []
+    for seed, train_pos in picks.items():
+        X = np.concatenate([take(train_pos), take(test_pos)])
+        y = np.concatenate([y_all[train_pos], y_all[test_pos]])
+        train = np.arange(len(y)) < len(train_pos)
+        probe = linear_probe(X, y, train, ~train, kind, n_boot=n_boot, seed=seed)
+        per_seed.append(
+            {
+                "seed": seed,
+                "train_subjects": subjects[train_pos].tolist(),
+                "metrics": probe["metrics"],
+                "model": probe["model"],
+                "inner_cv": probe["inner_cv"],
+            }
+        )
+    return {
+        "label": label,
+        "kind": kind,
+        "k": int(k),
+        "n_train": len(next(iter(picks.values()))),
+        "n_test": len(test_pos),
+        "test_subjects": subjects[test_pos].tolist(),
+        "model": per_seed[0]["model"],
+        "inner_cv": per_seed[0]["inner_cv"],
+        "interval": f"min/max over {len(seeds)} seeds (the training subjects drawn)",
+        "metrics": _seed_summary([s["metrics"] for s in per_seed]),
+        "per_seed": per_seed,
+    }
+
+
+def fewshot_curve(
+    cohort: Cohort,
+    label: str,
+    ks: tuple[int, ...] = (2, 4, 8, 16, 32),
+    *,
+    rows: pd.DataFrame | None = None,
+    features: np.ndarray | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    n_boot: int = 200,
+    train_splits: tuple[str, ...] = ("train",),
+    test_split: str = "test",
+) -> dict[str, Any]:
+    """The few-shot FC + linear baseline's primary metric against K.
+
+    Returns {"k", "metric" ("balanced_accuracy" or "r2"), "value" (mean over seeds), "lo", "hi"
+    (min and max over seeds: the spread due to which K subjects were drawn, not a bootstrap
+    interval), "interval", "note", "skipped" (the Ks larger than the training split allows)} --
+    the shape of a ``fewshot`` curve of :func:`fmrilm.evaluation.report.write_report`.
+    """
+    if not ks:
+        raise FmrilmError("fewshot_curve: ks is empty; pass the K values to try")
+    for k in ks:
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise FmrilmError(f"fewshot_curve: every K must be a positive integer, got {k!r}")
+    rows = subject_table(cohort, label) if rows is None else rows
+    kind = label_kind(cohort, label)
+    pools = _fewshot_pools(rows, label, kind, train_splits)
+    largest = _largest_k(pools, kind)
+    usable = [k for k in ks if k <= largest]
+    skipped = [k for k in ks if k > largest]
+    if not usable:
+        _check_k(min(ks), pools, label)  # raises the message naming the limiting class
+    if features is None:
+        features = fc_features(cohort, rows)
+    metric = "balanced_accuracy" if kind == "classification" else "r2"
+    curve: dict[str, Any] = {"k": [], "metric": metric, "value": [], "lo": [], "hi": []}
+    for k in usable:
+        res = fewshot_baseline(
+            cohort,
+            label,
+            k,
+            rows=rows,
+            features=features,
+            seeds=seeds,
+            n_boot=n_boot,
+            train_splits=train_splits,
+            test_split=test_split,
+        )
+        value, lo, hi = res["metrics"][metric]
+        curve["k"].append(k)
+        curve["value"].append(value)
+        curve["lo"].append(lo)
+        curve["hi"].append(hi)
+    unit = "subjects per class" if kind == "classification" else "x 2 subjects (regression)"
+    curve["interval"] = f"min/max over {len(seeds)} seeds"
+    note = (
+        f"FC + linear model on K {unit} from {'+'.join(train_splits)}; mean over "
+        f"{len(seeds)} seeds, band = min/max over seeds"
+    )
+    if skipped:
+        note += f"; skipped K={skipped} (largest possible K is {largest})"
+    curve["note"] = note
+    curve["skipped"] = skipped
+    return curve
+
+
+def _fewshot_pools(
+    rows: pd.DataFrame, label: str, kind: str, train_splits: tuple[str, ...]
+) -> dict[Any, np.ndarray]:
+    """Positions (into ``rows``) of candidate training rows, one per subject, by class.
+
+    Regression has a single pool under the key ``None``.
+    """
+    train = rows["split"].isin(train_splits).to_numpy() & rows[label].notna().to_numpy()
+    table = rows.assign(_pos=np.arange(len(rows)))[train]
+    if kind == "regression":
+        return {None: table.drop_duplicates("subject")["_pos"].to_numpy()}
+    return {
+        cls: group.drop_duplicates("subject")["_pos"].to_numpy()
+        for cls, group in sorted(table.groupby(label), key=lambda kv: str(kv[0]))
+    }
+
+
+def _largest_k(pools: dict[Any, np.ndarray], kind: str) -> int:
+    if not pools:
+        return 0
+    smallest = min(len(p) for p in pools.values())
+    return smallest // 2 if kind == "regression" else smallest
+
+
+def _check_k(k: int, pools: dict[Any, np.ndarray], label: str) -> None:
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise FmrilmError(f"K must be a positive integer, got {k!r}")
+    if not pools:
+        raise FmrilmError(f"no training subjects labelled {label!r}")
+    if None in pools:
+        if 2 * k > len(pools[None]):
+            raise FmrilmError(
+                f"K={k} needs 2K={2 * k} training subjects but only {len(pools[None])} "
+                f"have a {label!r} label"
+            )
+        return
+    if len(pools) < 2:
+        raise FmrilmError(f"the training subjects hold a single {label!r} class: {list(pools)}")
+    for cls, pool in pools.items():
+        if k > len(pool):
+            raise FmrilmError(f"K={k} but class {cls!r} has only {len(pool)} training subjects")
+
+
+def _fewshot_pick(pools: dict[Any, np.ndarray], k: int, kind: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = 2 * k if kind == "regression" else k
+    return np.concatenate([np.sort(rng.choice(pool, n, replace=False)) for pool in pools.values()])
+
+
+def _seed_summary(per_seed: list[dict]) -> dict[str, list]:
+    """[mean, min, max] over seeds of each metric's point estimate ([v, lo, hi] metrics only)."""
+    out = {}
+    for name in (*CLASSIFICATION, "auroc", *REGRESSION):
+        if name not in per_seed[0]:
+            continue
+        values = [m[name][0] for m in per_seed if m[name][0] is not None]
+        if not values:
+            out[name] = [None, None, None]
+            continue
+        out[name] = [round(float(np.mean(values)), 4), min(values), max(values)]
+    return out

@@ -145,12 +145,16 @@ class FMRILM(nn.Module):
         from fmrilm.io import read_json
 
         model, text_tok, fmri_tok, config = load_model(directory, device)
-        model.text_tokenizer, model.fmri_tokenizer, model.pretrain_config = (
-            text_tok,
-            fmri_tok,
-            config,
+        # plain attributes, not submodules: the fMRI tokenizer is an nn.Module whose weights
+        # must stay out of the model's parameters (and so out of training and saved weights)
+        for p in fmri_tok.parameters():
+            p.requires_grad_(False)
+        model.__dict__.update(
+            text_tokenizer=text_tok,
+            fmri_tokenizer=fmri_tok,
+            pretrain_config=config,
+            info=read_json(Path(directory) / "config.json"),
         )
-        model.info = read_json(Path(directory) / "config.json")
         return model
 
     # -- using a loaded model ----------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Questions about scans: prompts with fMRI spans, constrained answers, free answers (stage 3).
 
 A prompt is a user turn given as *segments* -- ``("text", str)`` pieces and ``("scan", id)``
-placeholders where an fMRI span goes (few-shot exemplar scans first, the query scan last),
-joined with newlines and rendered with the backbone's chat template
-(:func:`fmrilm.model.objectives.prompt_pieces`).
+placeholders where an fMRI span goes (few-shot exemplar scans first, the query scan last; see
+:mod:`fmrilm.instruct.prompts`), concatenated verbatim (text pieces carry their own newlines)
+and rendered with the backbone's chat template (:func:`fmrilm.model.objectives.prompt_pieces`).
+``[("scan", id), ("text", "\nDescribe this brain scan.")]`` is exactly stage 2's prompt.
 
 * :func:`render` turns segments (+ an optional answer) into joint ids and a loss mask: the
   training example of instruction tuning, or the prompt of a question.
@@ -58,7 +59,7 @@ def render(
             texts.append(seg[1])
     if not scans:
         raise FmrilmError("a question needs at least one ('scan', id) segment")
-    pieces = prompt_pieces(tokenizer, "\n".join(texts), len(scans))
+    pieces = prompt_pieces(tokenizer, "".join(texts), len(scans))
     ids = list(pieces[0])
     for scan_id, piece in zip(scans, pieces[1:], strict=True):
         ids += model.vocab.span(span_of(scan_id)) + piece

@@ -391,6 +391,23 @@ def training_inputs(tokenizer_dir, cohort, corpus) -> dict[str, Any]:
     return out
 
 
+def start_run(config, out, device: str, log: Callable[[str], None]):
+    """Common start of a training command: validated config, a free ``out``, torchrun's
+    process group, the device; only rank 0 logs. Returns (out, t0, rank, world, device, log)."""
+    from fmrilm.runtime import init_distributed, training_device
+
+    config.validate()
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise FmrilmError(f"{out} already holds a model; choose another --out")
+    t0 = time.perf_counter()
+    rank, world = init_distributed()
+    dev = training_device(device)
+    if rank != 0:
+        log = lambda line: None  # noqa: E731 -- only rank 0 reports
+    return out, t0, rank, world, dev, log
+
+
 def run_pretrain(
     tokenizer_dir: str | Path,
     data: str | Path,
@@ -412,18 +429,9 @@ def run_pretrain(
     from fmrilm.data.cohort import Cohort
     from fmrilm.io import write_json
     from fmrilm.model.fusion import save_model
-    from fmrilm.runtime import init_distributed, training_device
     from fmrilm.tokenizer import FMRITokenizer
 
-    config.validate()
-    out = Path(out)
-    if (out / "config.json").exists():
-        raise FmrilmError(f"{out} already holds a model; choose another --out")
-    t0 = time.perf_counter()
-    rank, world = init_distributed()
-    dev = training_device(device)
-    if rank != 0:
-        log = lambda line: None  # noqa: E731 -- only rank 0 reports
+    out, t0, rank, world, dev, log = start_run(config, out, device, log)
     fmri_tok = FMRITokenizer.from_pretrained(tokenizer_dir)
     cohort = Cohort(data)
     corpus_obj = Corpus(corpus) if corpus is not None else None

@@ -1,0 +1,92 @@
+"""Stage 3 on the tiny backbone: instruction tuning from a stage-2 model, then evaluation."""
+
+import numpy as np
+import pytest
+import torch
+
+from fmrilm.config import InstructConfig, PretrainConfig, TokenizerConfig
+from fmrilm.corpus.build import build_corpus
+from fmrilm.data.cohort import Cohort
+from fmrilm.data.simulate import SimulationConfig, simulate_cohort
+from fmrilm.data.splits import assign_splits
+from fmrilm.errors import FmrilmError
+from fmrilm.model.backbones import get_backbone
+from fmrilm.model.fusion import FMRILM
+from fmrilm.recipes.instruct import run_instruct, scan_span
+from fmrilm.recipes.pretrain import run_pretrain
+from fmrilm.tokenizer import FMRITokenizer
+
+QUIET = dict(progress=False, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    """12 subjects (rest + 2 tasks): 6 train / 3 val / 3 test, a corpus, an untrained tiny
+    tokenizer aligned to the tiny LLM, and a 2-step stage-2 model."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("stage3")
+    data = root / "sim"
+    simulate_cohort(data, SimulationConfig(n_subjects=12, seed=5, n_tasks=2), progress=False)
+    c = Cohort(data)
+    c.set_splits(assign_splits(c.manifest, seed=0, fractions=(0.5, 0.25, 0.25)))
+    build_corpus(data, root / "corpus", progress=False)
+    backbone, _, _ = get_backbone("tiny")
+    torch.manual_seed(0)
+    FMRITokenizer(TokenizerConfig.tiny(), llm_dim=backbone.config.hidden_size).save_pretrained(
+        root / "tokenizer"
+    )
+    cfg = PretrainConfig(llm="tiny", steps=2, batch_size=2, span_patches=2, warmup=1,
+                         log_every=1, ckpt_every=2, bf16="off")  # fmt: skip
+    run_pretrain(root / "tokenizer", data, root / "stage2", cfg, root / "corpus", **QUIET)
+    yield root
+    torch.set_num_threads(n)
+
+
+def _icfg(**kw):
+    base = dict(steps=4, batch_size=3, span_patches=2, warmup=1, log_every=2, ckpt_every=2,
+                bf16="off", fewshot_prob=0.5, multi_question=0.5, context_prob=0.5)  # fmt: skip
+    return InstructConfig(**{**base, **kw})
+
+
+def test_instruction_tuning_trains_and_records_its_tasks(stage2):
+    root = stage2
+    summary = run_instruct(
+        root / "stage2", root / "sim", root / "instruct", _icfg(held_out_tasks=["sex"]),
+        root / "corpus", **QUIET,
+    )  # fmt: skip
+    last = summary["history"][-1]
+    assert np.isfinite(last["instruct_loss"]) and "replay_loss" in last
+    model = FMRILM.from_pretrained(root / "instruct")
+    info = model.info["instruct"]
+    trained = {t["name"] for t in info["tasks"]}
+    assert "sex" not in trained and {"age", "task_state", "description"} <= trained
+    assert info["held_out_tasks"] == ["sex"]
+    # the adapters moved away from the stage-2 model
+    before = FMRILM.from_pretrained(root / "stage2")
+    a = dict(before.named_parameters())
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, a[n])]
+    assert any("lora_B" in n for n in moved)
+    with pytest.raises(FmrilmError, match="already holds a model"):
+        run_instruct(root / "stage2", root / "sim", root / "instruct", _icfg(), **QUIET)
+
+
+def test_bad_settings_are_refused(stage2):
+    root = stage2
+    with pytest.raises(FmrilmError, match="both trained"):
+        _icfg(tasks=["sex"], held_out_tasks=["sex"]).validate()
+    with pytest.raises(FmrilmError, match="unknown task 'shoe_size'"):
+        run_instruct(
+            root / "stage2", root / "sim", root / "x", _icfg(held_out_tasks=["shoe_size"]),
+            root / "corpus", **QUIET,
+        )  # fmt: skip
+
+
+def test_scan_span_is_deterministic_without_rng():
+    codes = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    codes[1, :, 3] = -1
+    assert np.array_equal(scan_span(codes, 2), codes[0][:, :2])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = scan_span(codes, 3, rng)
+        assert s.shape == (3, 3) and (s >= 0).all()
