@@ -1,5 +1,6 @@
-"""Command line: ``fmrilm data import|simulate|info|split``, ``fmrilm corpus build|norms|show``
-and ``fmrilm tokenizer train|encode|inspect``.
+"""Command line: ``fmrilm data import|simulate|info|split``, ``fmrilm corpus build|norms|show``,
+``fmrilm tokenizer train|encode|inspect``, ``fmrilm pretrain``, ``fmrilm instruct``,
+``fmrilm eval`` and ``fmrilm ask``.
 
 Parsing and dispatch only.
 """
@@ -204,6 +205,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("overrides", nargs="*", metavar="key=value")
     pre.set_defaults(command="run")
+
+    ins = sub.add_parser(
+        "instruct", help="stage 3: instruction-tune a stage-2 model on questions about scans"
+    )
+    ins.add_argument("--model", required=True, type=Path, help="stage-2 model folder")
+    ins.add_argument("--data", required=True, type=Path, help="cohort folder")
+    ins.add_argument("--corpus", type=Path, help="descriptive corpus (description/facts tasks)")
+    ins.add_argument("--out", required=True, type=Path)
+    ins.add_argument("--tasks", help="comma-separated tasks or phenotype columns (default: all)")
+    ins.add_argument("--held-out", help="comma-separated tasks never trained (zero-shot tests)")
+    ins.add_argument("--config", type=Path, help="YAML file of settings")
+    ins.add_argument("--quiet", action="store_true", help="no progress bar")
+    ins.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ins.add_argument("overrides", nargs="*", metavar="key=value")
+    ins.set_defaults(command="run")
+
+    ev = sub.add_parser(
+        "eval", help="stage 3: score a model's answers on held-out scans next to baselines"
+    )
+    ev.add_argument("--model", required=True, type=Path, help="stage-2 or stage-3 model folder")
+    ev.add_argument("--data", required=True, type=Path, help="cohort folder")
+    ev.add_argument("--corpus", type=Path, help="descriptive corpus (retrieval, corpus tasks)")
+    ev.add_argument("--tasks", help="comma-separated tasks or phenotype columns (default: all)")
+    ev.add_argument(
+        "--mode",
+        default="zero-shot",
+        help="comma-separated: zero-shot, few-shot, probe (default zero-shot)",
+    )
+    ev.add_argument("--shots", default="2", help="K exemplars per class, e.g. 2,4,8 (few-shot)")
+    ev.add_argument("--split", default="test", help="held-out split (default test)")
+    ev.add_argument("--report", type=Path, help="write report.html, metrics.json and plots here")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--max-scans", type=int, help="evaluate at most N held-out rows per task")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    ev.add_argument("--no-free-text", action="store_true", help="skip free-text answers")
+    ev.add_argument("--no-baselines", action="store_true", help="skip baselines and oracle")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(command="run")
+
+    ask = sub.add_parser("ask", help="ask a model a question about one scan")
+    ask.add_argument("question", nargs="?", help="free question (or use --task)")
+    ask.add_argument("--model", required=True, type=Path)
+    ask.add_argument("--scan", required=True, help="a scan id of --data, or a ROI time-series file")
+    ask.add_argument("--data", type=Path, help="cohort folder holding --scan")
+    ask.add_argument("--atlas", help="atlas name or ROI table for a file (--scan FILE)")
+    ask.add_argument("--tr", type=_positive, help="repetition time in s for a file")
+    ask.add_argument("--task", help="answer a registry task with its candidates + probabilities")
+    ask.add_argument("--max-new-tokens", type=int, default=160)
+    ask.set_defaults(command="run")
     return p
 
 
@@ -492,6 +542,105 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def cmd_instruct(args: argparse.Namespace) -> int:
+    from fmrilm.config import InstructConfig, load_config
+    from fmrilm.recipes.instruct import run_instruct
+
+    overrides = list(args.overrides)
+    if args.tasks:
+        overrides.append(f"tasks={','.join(_names(args.tasks))}")
+    if args.held_out:
+        overrides.append(f"held_out_tasks={','.join(_names(args.held_out))}")
+    config = load_config(InstructConfig, args.config, overrides)
+    run_instruct(
+        args.model, args.data, args.out, config, corpus=args.corpus, progress=not args.quiet,
+        device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fmrilm.recipes.evaluate import run_eval
+
+    try:
+        shots = [int(k) for k in _names(args.shots)]
+    except ValueError:
+        raise FmrilmError(f"--shots must be integers like 2,4,8, got {args.shots!r}") from None
+    metrics = run_eval(
+        args.model, args.data, tasks=_names(args.tasks) or None, modes=_names(args.mode),
+        shots=shots, corpus=args.corpus, report=args.report, split=args.split,
+        n_boot=args.n_boot, max_rows=args.max_scans, free_text=not args.no_free_text,
+        baselines=not args.no_baselines, progress=not args.quiet,
+        log=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics, indent=2, default=str))
+    else:
+        from fmrilm.evaluation.report import summary_lines
+
+        print("\n".join(summary_lines(metrics)))
+    return 0
+
+
+def _ask_scan(args: argparse.Namespace):
+    """(scan or array, atlas, tr) for ``fmrilm ask``."""
+    if args.data is not None:
+        from fmrilm.data.cohort import Cohort
+
+        cohort = Cohort(args.data)
+        row = cohort.row(args.scan)
+        return cohort.scan(args.scan), cohort.atlas(row["atlas"]), None
+    path = Path(args.scan)
+    if not path.is_file():
+        raise FmrilmError(f"--scan {args.scan}: no such file (give --data COHORT for a scan id)")
+    if not args.atlas or not args.tr:
+        raise FmrilmError("--scan FILE needs --atlas (name or ROI table) and --tr (seconds)")
+    from fmrilm.data.atlas import load_atlas
+    from fmrilm.data.ingest.roi_files import _array_ref, read_array
+
+    return read_array(_array_ref(path, None)), load_atlas(args.atlas), args.tr
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from fmrilm.model.fusion import FMRILM
+
+    if not args.question and not args.task:
+        raise FmrilmError("give a question or --task NAME")
+    model = FMRILM.from_pretrained(args.model)
+    scan, atlas, tr = _ask_scan(args)
+    if args.task:
+        from fmrilm.instruct.tasks import Task
+
+        tuned = {t["name"]: t for t in (model.info.get("instruct") or {}).get("tasks", [])}
+        if args.task not in tuned:
+            known = ", ".join(sorted(tuned)) or "none (a stage-2 model)"
+            raise FmrilmError(
+                f"--task {args.task}: the model was not instruction-tuned on it (tasks: {known}); "
+                "ask it as a free question for a zero-shot answer"
+            )
+        task = Task.from_dict(tuned[args.task])
+        if task.kind == "text":
+            raise FmrilmError(f"--task {args.task} has free-text answers; ask it as a question")
+        question = args.question or task.question()
+        probs = model.choose(scan, question, task.candidate_texts(), atlas=atlas, tr=tr)
+        print(f"Q: {question}")
+        best = next(iter(probs))
+        print(f"A: {best}  (p = {probs[best]:.2f})")
+        for cand, p in list(probs.items())[:8]:
+            print(f"   {p:6.3f}  {cand}")
+        return 0
+    tuned = (model.info.get("instruct") or {}).get("tasks")
+    if not tuned:
+        print("note: a stage-2 model, trained only to describe scans: other questions are "
+              "answered zero-shot", file=sys.stderr)  # fmt: skip
+    print(model.ask(scan, args.question, atlas=atlas, tr=tr, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
 COMMANDS = {
     ("data", "import"): cmd_import,
     ("data", "simulate"): cmd_simulate,
@@ -504,6 +653,9 @@ COMMANDS = {
     ("tokenizer", "encode"): cmd_tokenizer_encode,
     ("tokenizer", "inspect"): cmd_tokenizer_inspect,
     ("pretrain", "run"): cmd_pretrain,
+    ("instruct", "run"): cmd_instruct,
+    ("eval", "run"): cmd_eval,
+    ("ask", "run"): cmd_ask,
 }
 
 

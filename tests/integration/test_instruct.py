@@ -33,9 +33,10 @@ def stage2(tmp_path_factory):
     build_corpus(data, root / "corpus", progress=False)
     backbone, _, _ = get_backbone("tiny")
     torch.manual_seed(0)
-    FMRITokenizer(TokenizerConfig.tiny(), llm_dim=backbone.config.hidden_size).save_pretrained(
-        root / "tokenizer"
-    )
+    # untrained, with a text head for MiniLM's 384-d space (retrieval runs, at chance)
+    FMRITokenizer(
+        TokenizerConfig.tiny(), text_dim=384, llm_dim=backbone.config.hidden_size
+    ).save_pretrained(root / "tokenizer")
     cfg = PretrainConfig(llm="tiny", steps=2, batch_size=2, span_patches=2, warmup=1,
                          log_every=1, ckpt_every=2, bf16="off")  # fmt: skip
     run_pretrain(root / "tokenizer", data, root / "stage2", cfg, root / "corpus", **QUIET)
@@ -90,3 +91,69 @@ def test_scan_span_is_deterministic_without_rng():
     for _ in range(20):
         s = scan_span(codes, 3, rng)
         assert s.shape == (3, 3) and (s >= 0).all()
+
+
+def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
+    from fmrilm.recipes.evaluate import run_eval
+
+    root = stage2
+    model_dir = root / "instruct"
+    if not (model_dir / "config.json").exists():  # run alone: tune first
+        run_instruct(root / "stage2", root / "sim", model_dir, _icfg(held_out_tasks=["sex"]),
+                     root / "corpus", **QUIET)  # fmt: skip
+    metrics = run_eval(
+        model_dir, root / "sim", tasks=["sex", "task_state", "age"],
+        modes=["zero-shot", "few-shot"], shots=[1], corpus=root / "corpus",
+        report=root / "report", n_boot=50, **QUIET,
+    )  # fmt: skip
+    sex = metrics["tasks"]["sex"]
+    assert sex["n_test"] == 3 and set(sex["classes"]) == {"F", "M"}
+    m = sex["methods"]
+    assert {"fmrilm zero-shot", "fmrilm free text", "fmrilm in-context K=1", "majority",
+            "FC+LR", "oracle"} <= set(m)  # fmt: skip
+    assert m["fmrilm zero-shot"]["note"].startswith("not instruction-tuned")  # held out
+    for name in ("fmrilm zero-shot", "FC+LR"):
+        v, lo, hi = m[name]["metrics"]["accuracy"]
+        assert 0 <= lo <= v <= hi <= 1
+    assert 0 <= m["fmrilm free text"].get("invalid_rate", 0) <= 1
+    assert "auroc" in m["fmrilm zero-shot"]["metrics"]  # from the candidate probabilities
+    assert metrics["tasks"]["task_state"]["n_test"] > 3  # every held-out scan, not one per subject
+    age = metrics["tasks"]["age"]["methods"]
+    assert "r2" in age["fmrilm zero-shot"]["metrics"] and "FC+ridge" in age
+    assert metrics["tasks"]["sex"]["fewshot"]["fmrilm in-context"]["k"] == [1]
+    assert metrics["throughput"]["scans_per_s"] > 0
+    r = metrics["retrieval"]["fmri_to_text"]
+    assert r["n"] >= 2 and 0 <= r["recall_at"]["1"] <= 1
+    html = (root / "report" / "report.html").read_text()
+    assert "fmrilm zero-shot" in html and "task_state" in html
+    assert list((root / "report").glob("*.png"))
+    # K larger than a class's training subjects is a clear error
+    with pytest.raises(FmrilmError, match="K=50"):
+        run_eval(model_dir, root / "sim", tasks=["sex"], modes=["few-shot"], shots=[50],
+                 baselines=False, retrieval=False, **QUIET)  # fmt: skip
+
+
+def test_cli_instruct_eval_and_ask(stage2, capsys):
+    from fmrilm.cli import main
+
+    root = stage2
+    out = root / "cli_instruct"
+    argv = ["instruct", "--model", str(root / "stage2"), "--data", str(root / "sim"),
+            "--corpus", str(root / "corpus"), "--out", str(out), "--tasks", "sex,task_state",
+            "--quiet", "steps=2", "batch_size=2", "span_patches=2", "bf16=off", "warmup=1"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--tasks", "sex",
+                 "--n-boot", "20", "--quiet", "--no-free-text"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "sex (classification" in text and "FC+LR" in text and "fmrilm zero-shot" in text
+    scan = Cohort(root / "sim").split("test")["scan_id"].iloc[0]
+    base = ["ask", "--model", str(out), "--data", str(root / "sim"), "--scan", scan]
+    assert main([*base, "--task", "sex"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("A: ") and any(line.strip().endswith("female") for line in lines)
+    assert main([*base, "What do you see?", "--max-new-tokens", "3"]) == 0
+    assert main([*base, "--task", "age"]) == 2  # not tuned on age: a clear error
+    assert "not instruction-tuned" in capsys.readouterr().err
+    assert main(["ask", "--model", str(out), "--scan", "nope.npy", "hi"]) == 2
+    assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--mode", "lora"]) == 2

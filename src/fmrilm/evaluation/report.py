@@ -364,6 +364,31 @@ def _best(methods: dict, group: str, metric: str) -> tuple[str, tuple] | None:
     return max(rows, key=lambda r: sign * r[1][0])
 
 
+def summary_lines(metrics: dict) -> list[str]:
+    """A plain-text summary for the terminal: per task, every method's primary metric with its
+    interval, then the comparison sentences, retrieval and throughput."""
+    lines = [metrics.get("title", "fmrilm evaluation")]
+    for name, task in metrics["tasks"].items():
+        metric = _primary(task)
+        lines.append(f"\n{name} ({task['kind']}, {task['n_test']} held-out, {_label(metric)}):")
+        width = max(len(m) for m in task["methods"])
+        for method, m in task["methods"].items():
+            extra = ""
+            if m.get("invalid_rate"):
+                extra = f"  invalid {m['invalid_rate']:.0%}"
+            lines.append(
+                f"  {method:<{width}}  {_fmt_metric(m['metrics'].get(metric))}  [{m['group']}]{extra}"
+            )
+        lines += [f"  - {t}" for t in task_statements(name, task)]
+    if metrics.get("retrieval"):
+        lines.append("\nretrieval:")
+        lines += [f"  - {t}" for t in retrieval_statements(metrics["retrieval"])]
+    if metrics.get("throughput"):
+        lines.append(f"\nthroughput: {metrics['throughput'].get('scans_per_s')} scans/s")
+    lines += [f"note: {n}" for n in metrics.get("notes", [])]
+    return lines
+
+
 def task_statements(task_name: str, task: dict) -> list[str]:
     """Plain sentences comparing each fmrilm method with the best baseline, chance and oracle."""
     metric = _primary(task)

@@ -172,7 +172,7 @@ class FMRILM(nn.Module):
         ``scan``: a :class:`fmrilm.data.Scan` (its ``tr`` and builtin ``atlas`` name are used
         unless given) or a (frames, ROIs) array with ``atlas=`` (an Atlas or ROI table) and
         ``tr=``. The span is ``span_patches`` time steps from patch ``start`` of window
-        ``window`` -- the length the model saw in training.
+        ``window`` -- the length the model saw in training (stage 3's, if instruction-tuned).
         """
         fmri_tok = self._loaded("scan_span")
         if atlas is None:
@@ -188,7 +188,8 @@ class FMRILM(nn.Module):
         if not -n_windows <= window < n_windows:
             raise FmrilmError(f"window={window}: the scan has {n_windows} window(s)")
         codes = tokens.ids[window]
-        span = self.pretrain_config.span_patches
+        tuned = (getattr(self, "info", {}).get("instruct") or {}).get("config", {})
+        span = int(tuned.get("span_patches", 0)) or self.pretrain_config.span_patches
         valid = int((codes[0] >= 0).sum())
         if not 0 <= start < valid:
             raise FmrilmError(f"start={start}: window {window} has {valid} time step(s)")
@@ -234,6 +235,41 @@ class FMRILM(nn.Module):
             bf16=bf16,
             vectors=None if vectors is None else [vectors],
         )[0]
+
+    def choose(
+        self,
+        scan,
+        question: str,
+        candidates,
+        *,
+        atlas=None,
+        tr: float | None = None,
+        window: int = 0,
+        start: int = 0,
+        bf16: bool | None = None,
+    ) -> dict[str, float]:
+        """Probabilities of closed-set answers to ``question`` (constrained decoding).
+
+        Each candidate is scored by the log-likelihood of its tokens after the prompt
+        (:func:`fmrilm.model.qa.candidate_logprobs`); the softmax over candidates is returned,
+        most probable first.
+        """
+        from fmrilm.model.qa import candidate_logprobs, render, softmax
+        from fmrilm.runtime import use_bf16
+
+        candidates = [str(c) for c in candidates]
+        if len(candidates) < 2:
+            raise FmrilmError("choose needs at least two candidate answers")
+        codes, _ = self.scan_span(scan, atlas=atlas, tr=tr, window=window, start=start)
+        if self.projector is not None:
+            raise FmrilmError("constrained answers need a model with discrete fMRI input")
+        if bf16 is None:
+            bf16 = use_bf16(self.pretrain_config.bf16, str(self.fmri_embed.weight.device))
+        segments = [("scan", "query"), ("text", "\n" + str(question).strip())]
+        prompt = render(self, self.text_tokenizer, segments, {"query": codes}.__getitem__).ids
+        p = softmax(candidate_logprobs(self, self.text_tokenizer, prompt, candidates, bf16=bf16))
+        order = np.argsort(-p, kind="stable")
+        return {candidates[i]: float(p[i]) for i in order}
 
     def describe(self, scan, **kwargs) -> str:
         """A description of one scan in the words of the descriptive corpus (see :meth:`ask`)."""

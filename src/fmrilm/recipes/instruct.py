@@ -84,7 +84,11 @@ def instruct_sampler(
         out: dict[str, list] = {"instruct": []}
         for i in rng.choice(len(examples), size=config.batch_size):
             ex = examples[int(i)]
-            if len(ex.tasks) == 1 and ex.tasks[0] in fewshot_ok and rng.random() < config.fewshot_prob:
+            if (
+                len(ex.tasks) == 1
+                and ex.tasks[0] in fewshot_ok
+                and rng.random() < config.fewshot_prob
+            ):
                 task = by_name[ex.tasks[0]]
                 row = cohort.row(ex.scan_id)
                 try:

@@ -139,13 +139,14 @@ def _with_texts(corpus, scan_ids: list[str]) -> int:
     )
 
 
-def retrieval(
+def retrieval_similarities(
     scan_vecs: np.ndarray, scan_ids: list[str], corpus, tok, text_encoder=None
-) -> dict[str, Any]:
-    """fMRI -> text retrieval among the given scans: rank of each scan's own description.
+) -> tuple[np.ndarray, list[str]]:
+    """Cosine similarities (scans x their descriptions) among the scans with corpus texts.
 
     A scan's description is its corpus entry: the mean sentence embedding of its text variants,
-    centred with the training texts' mean (as in training).
+    centred with the training texts' mean (as in training). Returns (sims, kept scan ids); the
+    matching pairs are on the diagonal.
     """
     from fmrilm.tokenizer.align import embed_texts
 
@@ -164,9 +165,16 @@ def retrieval(
     sids, raw = scan_text_embeddings(texts, encode)
     order = [sids.index(scan_ids[i]) for i in keep]
     text_vecs = tok.text_vectors(raw[order]).numpy()
-    sims = scan_vecs[keep] @ text_vecs.T
+    return np.asarray(scan_vecs)[keep] @ text_vecs.T, [scan_ids[i] for i in keep]
+
+
+def retrieval(
+    scan_vecs: np.ndarray, scan_ids: list[str], corpus, tok, text_encoder=None
+) -> dict[str, Any]:
+    """fMRI -> text retrieval among the given scans: rank of each scan's own description."""
+    sims, kept = retrieval_similarities(scan_vecs, scan_ids, corpus, tok, text_encoder)
     ranks = retrieval_ranks(sims)
-    return {"candidates": len(keep), **rank_metrics(ranks, len(keep))}
+    return {"candidates": len(kept), **rank_metrics(ranks, len(kept))}
 
 
 def retrieval_ranks(sims: np.ndarray) -> np.ndarray:

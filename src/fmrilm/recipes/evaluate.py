@@ -1,0 +1,409 @@
+"""Stage 3 evaluation (``fmrilm eval``): questions about held-out scans, next to baselines.
+
+For each task (:mod:`fmrilm.instruct.tasks`) on its held-out rows (:func:`task_rows`, one scan
+per subject for subject-level tasks; the split is subject-disjoint):
+
+* ``zero-shot``: the question alone. Answers are scored two ways:
+
+  - **constrained**: the log-likelihood of every valid candidate answer
+    (:func:`fmrilm.model.qa.candidate_logprobs`); the softmax over candidates gives class
+    probabilities (AUROC, calibration); a regression answer is the probability-weighted mean of
+    the candidate grid;
+  - **free text**: greedy generation parsed by the task (:meth:`Task.parse`). An unparseable
+    answer is *invalid*: counted wrong for classification, replaced by the training mean for
+    regression, and its rate is always reported -- never silently mapped to a class.
+
+* ``few-shot``: K labelled exemplars per class (regression: 2K subjects) from *other training
+  subjects* in the prompt, for each K of ``shots`` (constrained scoring);
+* ``probe``: a linear probe on the fMRI tokenizer's scan embeddings (nested CV, training split);
+* baselines in the same run and on the same held-out subjects: majority class / training
+  mean, FC (upper triangle) + logistic/ridge regression fitted on the training split, their
+  few-shot curve at the same K, and on simulated cohorts the simulator's oracle;
+* retrieval: fMRI -> text and text -> fMRI among held-out scans with corpus texts.
+
+A task the model was not instruction-tuned on (not in its ``instruct.tasks``) is answered by
+the same path, and the report says it is zero-shot for that model. Results follow the schema of
+:mod:`fmrilm.evaluation.report`; ``report=DIR`` writes report.html, metrics.json and plots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmrilm.errors import FmrilmError
+
+MODES = ("zero-shot", "few-shot", "probe")
+
+
+def answer_rows(
+    model,
+    task,
+    rows: pd.DataFrame,
+    span_of: Callable[[str], np.ndarray],
+    *,
+    cohort=None,
+    shots: int = 0,
+    free_text: bool = True,
+    bf16: bool = False,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The model's answers to ``task`` about every row: constrained and (optionally) free."""
+    from fmrilm.instruct import fewshot_exemplars, make_example
+    from fmrilm.model.qa import answer_free, candidate_logprobs, render, softmax
+
+    tok = model.text_tokenizer
+    cands = list(task.candidate_texts())
+    rng = np.random.default_rng(seed)
+    y_true, y_pred, proba, prompts = [], [], [], []
+    t0 = time.perf_counter()
+    for _, row in rows.iterrows():
+        exemplars = None
+        if shots:
+            exemplars = fewshot_exemplars(cohort, task, shots, rng, exclude_subject=row["subject"])
+        ex = make_example(task, row, rng, shots=exemplars)
+        prompt = render(model, tok, ex.segments, span_of).ids
+        p = softmax(candidate_logprobs(model, tok, prompt, cands, bf16=bf16))
+        y_true.append(ex.labels[0])
+        if task.kind == "classification":
+            y_pred.append(task.values[int(np.argmax(p))])
+        else:
+            y_pred.append(float(p @ np.asarray(task.grid, dtype=float)))
+        proba.append(p)
+        prompts.append(prompt)
+    seconds = time.perf_counter() - t0
+    out = {
+        "y_true": y_true,
+        "y_pred": y_pred,
+        "proba": np.array(proba),
+        "seconds": seconds,
+        "prompt_tokens": int(np.mean([len(p) for p in prompts])),
+    }
+    if free_text:
+        texts = []
+        for b in range(0, len(prompts), batch_size):
+            texts += answer_free(model, tok, prompts[b : b + batch_size], bf16=bf16)
+        out["free_text"] = texts
+        out["free_pred"] = [task.parse(t) for t in texts]
+    return out
+
+
+def _score(task, y_true, y_pred, proba=None, *, n_boot: int, fill=None) -> dict[str, Any]:
+    """Metrics of one method; regression predictions that are None take ``fill``."""
+    from fmrilm.evaluation.metrics import invalid_rate, score_classifier, score_regression
+
+    if task.kind == "classification":
+        return score_classifier(y_true, y_pred, proba, classes=list(task.values), n_boot=n_boot)
+    bad = invalid_rate(y_pred)
+    pred = np.array([fill if p is None else p for p in y_pred], dtype=float)
+    res = score_regression(np.asarray(y_true, dtype=float), pred, n_boot=n_boot)
+    if bad:
+        res["invalid_rate"] = bad
+    return res
+
+
+def _label_rows(cohort, task, split: str) -> pd.DataFrame:
+    from fmrilm.instruct import task_rows
+
+    rows = task_rows(cohort, task, split).copy()
+    rows["_label"] = [task.label(r) for _, r in rows.iterrows()]
+    return rows[rows["_label"].notna()]
+
+
+def _baselines(cohort, task, train_rows, test_rows, *, n_boot: int, shots: Sequence[int]):
+    """Majority, FC + linear model and (few-shot) FC curve on the same rows; + notes."""
+    from fmrilm.evaluation.baselines import fc_features, fewshot_curve, linear_probe
+    from fmrilm.evaluation.metrics import score_classifier, score_regression
+
+    methods, notes, curves = {}, [], {}
+    y_train = train_rows["_label"].to_numpy()
+    y_test = test_rows["_label"].tolist()
+    if task.kind == "classification":
+        values, counts = np.unique(
+            np.asarray(y_train, dtype=object).astype(str), return_counts=True
+        )
+        top = values[np.argmax(counts)]
+        guess = next(v for v in task.values if str(v) == top)
+        res = score_classifier(
+            y_test, [guess] * len(y_test), classes=list(task.values), n_boot=n_boot
+        )
+    else:
+        guess = float(np.mean(y_train.astype(float)))
+        res = score_regression(
+            np.asarray(y_test, float), np.full(len(y_test), guess), n_boot=n_boot
+        )
+    methods["majority" if task.kind == "classification" else "training mean"] = (res, "baseline")
+    both = pd.concat([train_rows, test_rows])
+    X = fc_features(cohort, both)
+    train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
+    y = both["_label"].to_numpy()
+    if task.kind == "regression":
+        y = y.astype(float)
+    fc = linear_probe(X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot)
+    methods["FC+LR" if task.kind == "classification" else "FC+ridge"] = (fc, "baseline")
+    if shots and task.kind in ("classification", "regression"):
+        lab = both.assign(**{task.name: y})
+        try:
+            curve = fewshot_curve(
+                cohort, task.name, ks=tuple(shots), rows=lab, features=X, n_boot=200,
+                train_splits=("train",), test_split=str(test_rows["split"].iloc[0]),
+            )  # fmt: skip
+            curves["FC few-shot"] = {
+                k: curve[k] for k in ("k", "metric", "value", "lo", "hi") if k in curve
+            }
+            if curve.get("note"):
+                notes.append(f"{task.name}: FC few-shot: {curve['note']}")
+        except FmrilmError as exc:
+            notes.append(f"{task.name}: FC few-shot curve skipped ({exc})")
+    return methods, curves, notes
+
+
+def _oracle(cohort, task, test_rows, *, n_boot: int):
+    """The simulator's best achievable prediction on the same rows, when it exists."""
+    from fmrilm.evaluation.metrics import score_classifier
+    from fmrilm.evaluation.oracle import ORACLE_COLUMNS, oracle_scores, task_oracle
+
+    if not (cohort.root / "simulation").exists() or task.label_from != "column":
+        return None
+    if task.column in ORACLE_COLUMNS:
+        return oracle_scores(cohort, task.column, test_rows["subject"].tolist(), n_boot=n_boot)
+    if task.column == "task":
+        pred = task_oracle(cohort, test_rows)
+        known = {str(v) for v in task.values}
+        pred = [p if p in known else None for p in pred]
+        return score_classifier(
+            test_rows["_label"].tolist(), pred, classes=list(task.values), n_boot=n_boot
+        )
+    return None
+
+
+def retrieval_both_ways(fmri_tok, cohort, rows: pd.DataFrame, corpus) -> dict[str, Any]:
+    """fMRI -> text and text -> fMRI ranks among ``rows`` (scans with corpus texts)."""
+    from fmrilm.tokenizer.evaluate import retrieval_similarities
+
+    vecs = np.stack(
+        [
+            fmri_tok.embed(cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr))
+            for r in rows.itertuples()
+        ]
+    )
+    sims, _ = retrieval_similarities(vecs, rows["scan_id"].tolist(), corpus, fmri_tok)
+    from fmrilm.tokenizer.evaluate import retrieval_ranks
+
+    out = {}
+    for name, s in (("fmri_to_text", sims), ("text_to_fmri", sims.T)):
+        ranks = retrieval_ranks(s)
+        n = len(ranks)
+        ks = [k for k in (1, 2, 5, 10, 20, 50) if k <= n]
+        out[name] = {
+            "recall_at": {str(k): round(float((ranks <= k).mean()), 4) for k in (1, 5, 10)},
+            "median_rank": float(np.median(ranks)),
+            "n": n,
+            "chance_recall_at": {str(k): round(min(k, n) / n, 4) for k in (1, 5, 10)},
+            "curve": {"k": ks, "recall": [round(float((ranks <= k).mean()), 4) for k in ks]},
+        }
+    return out
+
+
+def run_eval(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    modes: Sequence[str] = ("zero-shot",),
+    shots: Sequence[int] = (2,),
+    corpus: str | Path | None = None,
+    report: str | Path | None = None,
+    split: str = "test",
+    n_boot: int = 1000,
+    max_rows: int | None = None,
+    free_text: bool = True,
+    baselines: bool = True,
+    retrieval: bool = True,
+    bf16: bool | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate a stage-2/3 model on ``split``; returns the report-schema metrics dict."""
+    from tqdm.auto import tqdm
+
+    from fmrilm.checkpoint import versions
+    from fmrilm.corpus.build import Corpus
+    from fmrilm.data.cohort import Cohort
+    from fmrilm.evaluation.report import method_entry, write_report
+    from fmrilm.instruct import resolve_tasks
+    from fmrilm.model.fusion import FMRILM
+    from fmrilm.recipes.instruct import encode_split, scan_span
+    from fmrilm.runtime import use_bf16
+
+    bad = sorted(set(modes) - set(MODES))
+    if bad or not modes:
+        raise FmrilmError(f"--mode must be among {', '.join(MODES)}, got {bad or 'nothing'}")
+    shots = sorted({int(k) for k in shots})
+    if "few-shot" in modes and (not shots or min(shots) < 1):
+        raise FmrilmError(f"--shots must be positive integers, got {shots}")
+    if max_rows is not None and max_rows < 2:
+        raise FmrilmError(f"--max-scans must be at least 2, got {max_rows}")
+    model = FMRILM.from_pretrained(model_dir)
+    if model.projector is not None:
+        raise FmrilmError(f"{model_dir}: evaluation needs a model with discrete fMRI input")
+    bf16 = use_bf16(model.pretrain_config.bf16) if bf16 is None else bf16
+    cohort = Cohort(data)
+    if not (cohort.manifest["split"] == split).any():
+        raise FmrilmError(f"{cohort.root}: the {split!r} split is empty")
+    corpus_obj = Corpus(corpus) if corpus is not None else None
+    task_objs = [t for t in resolve_tasks(cohort, list(tasks) if tasks else None, corpus_obj)]
+    text_tasks = [t.name for t in task_objs if t.kind == "text"]
+    task_objs = [t for t in task_objs if t.kind != "text"]
+    notes = []
+    if text_tasks:
+        notes.append(
+            f"{', '.join(text_tasks)}: free-text tasks are not scored here (descriptions are "
+            "checked fact by fact in benchmarks/pretrain_quality.py)"
+        )
+    if not task_objs:
+        raise FmrilmError("no classification or regression task to evaluate")
+    instruct = model.info.get("instruct") or {}
+    tuned = {t["name"] for t in instruct.get("tasks", [])}
+    span_patches = int(instruct.get("config", {}).get("span_patches", 0)) or (
+        model.pretrain_config.span_patches
+    )
+    log(f"encoding the scans of {cohort.root} ...")
+    codes = encode_split(model.fmri_tokenizer, cohort, None, progress=progress)
+
+    def span_of(scan_id: str) -> np.ndarray:
+        return scan_span(codes[scan_id], span_patches)
+
+    result_tasks: dict[str, Any] = {}
+    answered, answer_seconds = 0, 0.0
+    for task in tqdm(task_objs, desc="tasks", disable=not progress):
+        test_rows = _label_rows(cohort, task, split)
+        if max_rows is not None and len(test_rows) > max_rows:
+            keep = np.linspace(0, len(test_rows) - 1, max_rows).round().astype(int)
+            test_rows = test_rows.iloc[np.unique(keep)]
+        train_rows = _label_rows(cohort, task, "train")
+        methods: dict[str, Any] = {}
+        curves: dict[str, Any] = {}
+        zs_note = None
+        if instruct and task.name not in tuned:
+            zs_note = "not instruction-tuned on this task: a zero-shot answer"
+        fill = (
+            float(np.mean(train_rows["_label"].astype(float)))
+            if task.kind == "regression"
+            else None
+        )
+        if "zero-shot" in modes:
+            ans = answer_rows(model, task, test_rows, span_of, free_text=free_text, bf16=bf16)
+            answered += len(test_rows)
+            answer_seconds += ans["seconds"]
+            res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
+            methods["fmrilm zero-shot"] = method_entry(res, "fmrilm", note=zs_note)
+            if free_text:
+                res = _score(task, ans["y_true"], ans["free_pred"], n_boot=n_boot, fill=fill)
+                note = "greedy generation parsed by the task; invalid answers counted wrong"
+                if task.kind == "regression":
+                    note = "greedy generation parsed as a number; invalid answers take the training mean"
+                methods["fmrilm free text"] = method_entry(res, "fmrilm", note=note)
+        if "few-shot" in modes:
+            values = []
+            for k in shots:
+                ans = answer_rows(
+                    model, task, test_rows, span_of, cohort=cohort, shots=k, free_text=False,
+                    bf16=bf16, seed=k,
+                )  # fmt: skip
+                res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
+                methods[f"fmrilm in-context K={k}"] = method_entry(
+                    res, "fmrilm", note=f"{ans['prompt_tokens']} prompt tokens on average"
+                )
+                values.append(res)
+            metric = "balanced_accuracy" if task.kind == "classification" else "r2"
+            curves["fmrilm in-context"] = {
+                "k": shots,
+                "metric": metric,
+                "value": [v[metric][0] for v in values],
+                "lo": [v[metric][1] for v in values],
+                "hi": [v[metric][2] for v in values],
+            }
+        if "probe" in modes:
+            methods["fmrilm tokenizer probe"] = method_entry(
+                _embedding_probe(model.fmri_tokenizer, cohort, task, train_rows, test_rows, n_boot),
+                "fmrilm",
+                note="linear model on the tokenizer's scan embeddings (training split)",
+            )
+        if baselines:
+            base, base_curves, base_notes = _baselines(
+                cohort, task, train_rows, test_rows, n_boot=n_boot,
+                shots=shots if "few-shot" in modes else (),
+            )  # fmt: skip
+            for name, (res, group) in base.items():
+                methods[name] = method_entry(res, group)
+            curves.update(base_curves)
+            notes += base_notes
+            oracle = _oracle(cohort, task, test_rows, n_boot=n_boot)
+            if oracle is not None:
+                methods["oracle"] = method_entry(oracle, "oracle", note="simulator ground truth")
+        entry: dict[str, Any] = {"kind": task.kind, "n_test": len(test_rows), "methods": methods}
+        if task.kind == "classification":
+            entry["classes"] = [str(v) for v in task.values]
+        if curves:
+            entry["fewshot"] = curves
+        result_tasks[task.name] = entry
+    metrics: dict[str, Any] = {
+        "title": f"fmrilm evaluation: {Path(model_dir).name} on {cohort.root.name} ({split})",
+        "model": str(model_dir),
+        "cohort": str(cohort.root),
+        "split": split,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "tasks": result_tasks,
+        "notes": notes,
+    }
+    if answered:
+        metrics["throughput"] = {
+            "scans_per_s": round(answered / max(answer_seconds, 1e-9), 3),
+            "how": "zero-shot questions answered per second (constrained + free text)",
+        }
+    if retrieval and corpus_obj is None:
+        notes.append("retrieval skipped: pass --corpus for the scans' texts")
+    elif retrieval and not model.fmri_tokenizer.text_dim:
+        notes.append("retrieval skipped: the tokenizer was trained without text alignment")
+    elif retrieval:
+        rows = cohort.split(split)
+        if max_rows is not None and len(rows) > 4 * max_rows:
+            rows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, 4 * max_rows).astype(int))]
+        try:
+            metrics["retrieval"] = retrieval_both_ways(
+                model.fmri_tokenizer, cohort, rows, corpus_obj
+            )
+        except FmrilmError as exc:
+            notes.append(f"retrieval skipped: {exc}")
+    if report is not None:
+        path = write_report(metrics, report)
+        log(f"report: {path}")
+    return metrics
+
+
+def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int):
+    from fmrilm.evaluation.baselines import linear_probe
+
+    if not fmri_tok.text_dim:
+        raise FmrilmError("--mode probe needs a tokenizer trained with the text alignment")
+    both = pd.concat([train_rows, test_rows])
+    X = np.stack(
+        [
+            fmri_tok.embed(cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr))
+            for r in both.itertuples()
+        ]
+    )
+    y = both["_label"].to_numpy()
+    if task.kind == "regression":
+        y = y.astype(float)
+    train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
+    return linear_probe(X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot)
