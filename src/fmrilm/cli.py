@@ -231,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--mode",
         default="zero-shot",
-        help="comma-separated: zero-shot, few-shot, probe (default zero-shot)",
+        help="comma-separated: zero-shot, few-shot, lora, probe (default zero-shot)",
     )
-    ev.add_argument("--shots", default="2", help="K exemplars per class, e.g. 2,4,8 (few-shot)")
+    ev.add_argument(
+        "--shots", default="2", help="K labelled subjects per class, e.g. 2,4,8 (few-shot, lora)"
+    )
+    ev.add_argument("--adapt-steps", type=int, default=30, help="LoRA steps per K (lora mode)")
     ev.add_argument("--split", default="test", help="held-out split (default test)")
     ev.add_argument("--report", type=Path, help="write report.html, metrics.json and plots here")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -574,6 +577,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.model, args.data, tasks=_names(args.tasks) or None, modes=_names(args.mode),
         shots=shots, corpus=args.corpus, report=args.report, split=args.split,
         n_boot=args.n_boot, max_rows=args.max_scans, free_text=not args.no_free_text,
+        adapt_steps=args.adapt_steps,
         baselines=not args.no_baselines, progress=not args.quiet,
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip

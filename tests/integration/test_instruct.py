@@ -83,6 +83,28 @@ def test_bad_settings_are_refused(stage2):
         )  # fmt: skip
 
 
+def test_lora_adaptation_uses_k_subjects_per_class_and_is_undone(stage2):
+    from fmrilm.instruct import resolve_tasks
+    from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_lora
+    from fmrilm.recipes.instruct import encode_split
+
+    root = stage2
+    model = FMRILM.from_pretrained(root / "stage2")
+    cohort = Cohort(root / "sim")
+    task = resolve_tasks(cohort, ["sex"])[0]
+    codes = encode_split(model.fmri_tokenizer, cohort, "train")
+    before = _snapshot(model)
+    out = adapt_lora(model, cohort, task, 1, codes, 2, steps=2)
+    train = set(cohort.split("train")["subject"])
+    assert len(out["subjects"]) == 2 and set(out["subjects"]) <= train
+    changed = [
+        n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])
+    ]
+    assert changed
+    _restore(model, before)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
 def test_scan_span_is_deterministic_without_rng():
     codes = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     codes[1, :, 3] = -1
@@ -103,14 +125,15 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
                      root / "corpus", **QUIET)  # fmt: skip
     metrics = run_eval(
         model_dir, root / "sim", tasks=["sex", "task_state", "age"],
-        modes=["zero-shot", "few-shot"], shots=[1], corpus=root / "corpus",
+        modes=["zero-shot", "few-shot", "lora"], shots=[1], corpus=root / "corpus", adapt_steps=2,
         report=root / "report", n_boot=50, **QUIET,
     )  # fmt: skip
     sex = metrics["tasks"]["sex"]
     assert sex["n_test"] == 3 and set(sex["classes"]) == {"F", "M"}
     m = sex["methods"]
-    assert {"fmrilm zero-shot", "fmrilm free text", "fmrilm in-context K=1", "majority",
-            "FC+LR", "oracle"} <= set(m)  # fmt: skip
+    assert {"fmrilm zero-shot", "fmrilm free text", "fmrilm in-context K=1", "fmrilm LoRA K=1",
+            "majority", "FC+LR", "oracle"} <= set(m)  # fmt: skip
+    assert set(sex["fewshot"]) == {"fmrilm in-context", "fmrilm LoRA", "FC few-shot"}
     assert m["fmrilm zero-shot"]["note"].startswith("not instruction-tuned")  # held out
     for name in ("fmrilm zero-shot", "FC+LR"):
         v, lo, hi = m[name]["metrics"]["accuracy"]
@@ -156,4 +179,4 @@ def test_cli_instruct_eval_and_ask(stage2, capsys):
     assert main([*base, "--task", "age"]) == 2  # not tuned on age: a clear error
     assert "not instruction-tuned" in capsys.readouterr().err
     assert main(["ask", "--model", str(out), "--scan", "nope.npy", "hi"]) == 2
-    assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--mode", "lora"]) == 2
+    assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--mode", "bogus"]) == 2

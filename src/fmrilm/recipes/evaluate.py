@@ -15,6 +15,9 @@ per subject for subject-level tasks; the split is subject-disjoint):
 
 * ``few-shot``: K labelled exemplars per class (regression: 2K subjects) from *other training
   subjects* in the prompt, for each K of ``shots`` (constrained scoring);
+* ``lora``: for each K of ``shots``, the LoRA adapters (and fMRI tables) are tuned on K
+  labelled training subjects per class of the task alone (``adapt_steps`` steps through the
+  stage-3 training loop), the question is answered zero-shot, and the weights are restored;
 * ``probe``: a linear probe on the fMRI tokenizer's scan embeddings (nested CV, training split);
 * baselines in the same run and on the same held-out subjects: majority class / training
   mean, FC (upper triangle) + logistic/ridge regression fitted on the training split, their
@@ -39,7 +42,7 @@ import pandas as pd
 
 from fmrilm.errors import FmrilmError
 
-MODES = ("zero-shot", "few-shot", "probe")
+MODES = ("zero-shot", "few-shot", "lora", "probe")
 
 
 def answer_rows(
@@ -93,6 +96,75 @@ def answer_rows(
         out["free_text"] = texts
         out["free_pred"] = [task.parse(t) for t in texts]
     return out
+
+
+def adapt_lora(
+    model,
+    cohort,
+    task,
+    k: int,
+    codes: dict[str, np.ndarray],
+    span_patches: int,
+    *,
+    steps: int = 30,
+    seed: int = 0,
+    bf16: bool = False,
+) -> dict[str, Any]:
+    """Tune ``model``'s trainable weights in place on K training subjects per class of ``task``.
+
+    The caller restores the weights afterwards (:func:`_snapshot` / :func:`_restore`).
+    Returns the subjects used and the training history.
+    """
+    import tempfile
+
+    from fmrilm.config import InstructConfig
+    from fmrilm.instruct import fewshot_exemplars, make_example
+    from fmrilm.recipes.instruct import instruct_sampler
+    from fmrilm.recipes.pretrain import train_joint
+
+    rng = np.random.default_rng([seed, k])
+    rows = fewshot_exemplars(cohort, task, k, rng, exclude_subject=None)
+    examples = [make_example(task, row, rng) for _ in range(3) for _, row in rows.iterrows()]
+    config = InstructConfig(
+        tasks=[task.name], steps=steps, batch_size=min(4, len(examples)), warmup=2,
+        span_patches=span_patches, replay_weight=0.0, fewshot_prob=0.0, multi_question=0.0,
+        context_prob=0.0, lr=1e-3, log_every=steps, ckpt_every=steps,
+        bf16="on" if bf16 else "off", seed=seed,
+    )  # fmt: skip
+    sampler = instruct_sampler(
+        config, model, model.text_tokenizer, cohort, [task], examples, codes, []
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_joint(
+            model, model.text_tokenizer, [], [], config, tmp, sampler=sampler, log=lambda s: None
+        )
+    model.eval()
+    return {"subjects": sorted(rows["subject"].tolist()), "history": summary["history"]}
+
+
+def _curve(task, shots: list[int], scores: list[dict]) -> dict[str, Any]:
+    """A few-shot curve of the report schema: the primary metric [value, lo, hi] per K."""
+    metric = "balanced_accuracy" if task.kind == "classification" else "r2"
+    return {
+        "k": list(shots),
+        "metric": metric,
+        "value": [v[metric][0] for v in scores],
+        "lo": [v[metric][1] for v in scores],
+        "hi": [v[metric][2] for v in scores],
+    }
+
+
+def _snapshot(model) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model, snapshot: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in snapshot:
+                p.copy_(snapshot[n])
 
 
 def _score(task, y_true, y_pred, proba=None, *, n_boot: int, fill=None) -> dict[str, Any]:
@@ -224,6 +296,7 @@ def run_eval(
     split: str = "test",
     n_boot: int = 1000,
     max_rows: int | None = None,
+    adapt_steps: int = 30,
     free_text: bool = True,
     baselines: bool = True,
     retrieval: bool = True,
@@ -247,7 +320,7 @@ def run_eval(
     if bad or not modes:
         raise FmrilmError(f"--mode must be among {', '.join(MODES)}, got {bad or 'nothing'}")
     shots = sorted({int(k) for k in shots})
-    if "few-shot" in modes and (not shots or min(shots) < 1):
+    if ({"few-shot", "lora"} & set(modes)) and (not shots or min(shots) < 1):
         raise FmrilmError(f"--shots must be positive integers, got {shots}")
     if max_rows is not None and max_rows < 2:
         raise FmrilmError(f"--max-scans must be at least 2, got {max_rows}")
@@ -323,14 +396,30 @@ def run_eval(
                     res, "fmrilm", note=f"{ans['prompt_tokens']} prompt tokens on average"
                 )
                 values.append(res)
-            metric = "balanced_accuracy" if task.kind == "classification" else "r2"
-            curves["fmrilm in-context"] = {
-                "k": shots,
-                "metric": metric,
-                "value": [v[metric][0] for v in values],
-                "lo": [v[metric][1] for v in values],
-                "hi": [v[metric][2] for v in values],
-            }
+            curves["fmrilm in-context"] = _curve(task, shots, values)
+        if "lora" in modes:
+            values = []
+            snapshot = _snapshot(model)
+            try:
+                for k in shots:
+                    adapted = adapt_lora(
+                        model, cohort, task, k, codes, span_patches, steps=adapt_steps, bf16=bf16
+                    )
+                    ans = answer_rows(
+                        model, task, test_rows, span_of, free_text=False, bf16=bf16, seed=k
+                    )
+                    res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
+                    methods[f"fmrilm LoRA K={k}"] = method_entry(
+                        res,
+                        "fmrilm",
+                        note=f"LoRA tuned {adapt_steps} steps on {len(adapted['subjects'])} "
+                        "training subjects",
+                    )
+                    values.append(res)
+                    _restore(model, snapshot)
+            finally:
+                _restore(model, snapshot)
+            curves["fmrilm LoRA"] = _curve(task, shots, values)
         if "probe" in modes:
             methods["fmrilm tokenizer probe"] = method_entry(
                 _embedding_probe(model.fmri_tokenizer, cohort, task, train_rows, test_rows, n_boot),
@@ -340,7 +429,7 @@ def run_eval(
         if baselines:
             base, base_curves, base_notes = _baselines(
                 cohort, task, train_rows, test_rows, n_boot=n_boot,
-                shots=shots if "few-shot" in modes else (),
+                shots=shots if {"few-shot", "lora"} & set(modes) else (),
             )  # fmt: skip
             for name, (res, group) in base.items():
                 methods[name] = method_entry(res, group)
