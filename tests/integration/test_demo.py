@@ -22,17 +22,25 @@ def test_quick_demo(tmp_path, capsys):
     quick = ("steps=6", "batch_size=8", "log_every=3", "warmup=2", "adversarial=false")
     # stage 2 on the tiny test backbone (no LLM to load), two steps
     quick2 = ("llm=tiny", "steps=2", "batch_size=2", "log_every=1", "warmup=1")
-    results = run(out, subjects=24, jobs=1, tokenizer_overrides=quick, pretrain_overrides=quick2)
+    quick3 = ("steps=2", "batch_size=2", "log_every=1", "warmup=1")
+    results = run(
+        out, subjects=24, jobs=1, tokenizer_overrides=quick, pretrain_overrides=quick2,
+        instruct_overrides=quick3, eval_options={"max_rows": 3, "n_boot": 20},
+    )  # fmt: skip
     tok = results.pop("tokenizer")
     stage2 = results.pop("stage2")
+    stage3 = results.pop("stage3")
+    assert set(stage3["metrics"]["tasks"]) == {"sex", "diagnosis", "age", "task_state"}
+    assert (out / "report" / "report.html").stat().st_size > 1000
     assert len(stage2["history"]) == 2 and isinstance(stage2["generated"], str)
     _check(out, results)
     text = capsys.readouterr().out
-    assert "== 4/7 FC + linear model vs oracle" in text and "demo finished" in text
+    assert "== 4/9 FC + linear model vs oracle" in text and "demo finished" in text
     assert "real HCP scan sub-hcp01_task-rest:" in text
-    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/7")[1]
+    assert "simulated task scan sub-sim" in text and "connectivity" in text.split("5/9")[1]
     assert "step 6/6" in text and "fMRI->text R@1" in text
-    assert "== 7/7 stage 2" in text and "generated:" in text
+    assert "== 7/9 stage 2" in text and "generated:" in text
+    assert "== 9/9 evaluation" in text and "report: " in text and "FC+LR" in text
     assert -1 < tok["test_r2"] < 1 and tok["test_retrieval"]["candidates"] >= 2
     for name in ("training_curves.png", "reconstruction.png", "code_usage.png"):
         assert (out / "tokenizer" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
@@ -44,6 +52,7 @@ def test_full_demo(tmp_path):
     results = run(out)
     tok = results.pop("tokenizer")
     results.pop("stage2")
+    results.pop("stage3")
     _check(out, results)
     # the demo preset must learn something: beyond the per-ROI mean and above chance retrieval
     assert tok["test_r2"] > 0.2

