@@ -180,3 +180,18 @@ def test_cli_instruct_eval_and_ask(stage2, capsys):
     assert "not instruction-tuned" in capsys.readouterr().err
     assert main(["ask", "--model", str(out), "--scan", "nope.npy", "hi"]) == 2
     assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--mode", "bogus"]) == 2
+
+
+def test_a_prompt_longer_than_the_context_is_refused_not_truncated(stage2):
+    from fmrilm.instruct import resolve_tasks, task_rows
+    from fmrilm.recipes.evaluate import ContextTooLong, answer_rows
+    from fmrilm.recipes.instruct import encode_split
+
+    root = stage2
+    model = FMRILM.from_pretrained(root / "stage2")
+    cohort = Cohort(root / "sim")
+    task = resolve_tasks(cohort, ["sex"])[0]
+    codes = encode_split(model.fmri_tokenizer, cohort, "test")
+    model._base().config.max_position_embeddings = 64
+    with pytest.raises(ContextTooLong, match="exceeds the backbone's context of 64"):
+        answer_rows(model, task, task_rows(cohort, task, "test"), lambda s: scan_span(codes[s], 2))

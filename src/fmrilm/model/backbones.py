@@ -682,7 +682,7 @@ def tiny_llama_config(
     num_layers: int = 2,
     num_heads: int = 4,
     intermediate_size: int = 128,
-    max_position_embeddings: int = 512,
+    max_position_embeddings: int = 2048,
     **config_overrides: Any,
 ) -> Any:
     """The ``LlamaConfig`` of :func:`tiny_llama`."""

@@ -45,6 +45,10 @@ from fmrilm.errors import FmrilmError
 MODES = ("zero-shot", "few-shot", "lora", "probe")
 
 
+class ContextTooLong(FmrilmError):
+    """An in-context prompt longer than the backbone can read."""
+
+
 def answer_rows(
     model,
     task,
@@ -65,6 +69,7 @@ def answer_rows(
     tok = model.text_tokenizer
     cands = list(task.candidate_texts())
     rng = np.random.default_rng(seed)
+    context = getattr(model._base().config, "max_position_embeddings", None)
     y_true, y_pred, proba, prompts = [], [], [], []
     t0 = time.perf_counter()
     for _, row in rows.iterrows():
@@ -73,6 +78,11 @@ def answer_rows(
             exemplars = fewshot_exemplars(cohort, task, shots, rng, exclude_subject=row["subject"])
         ex = make_example(task, row, rng, shots=exemplars)
         prompt = render(model, tok, ex.segments, span_of).ids
+        if context and len(prompt) + 16 > context:
+            raise ContextTooLong(
+                f"{task.name}: a prompt of {len(prompt)} tokens (K={shots}) exceeds the "
+                f"backbone's context of {context}"
+            )
         p = softmax(candidate_logprobs(model, tok, prompt, cands, bf16=bf16))
         y_true.append(ex.labels[0])
         if task.kind == "classification":
@@ -385,18 +395,24 @@ def run_eval(
                     note = "greedy generation parsed as a number; invalid answers take the training mean"
                 methods["fmrilm free text"] = method_entry(res, "fmrilm", note=note)
         if "few-shot" in modes:
-            values = []
+            values, fitted = [], []
             for k in shots:
-                ans = answer_rows(
-                    model, task, test_rows, span_of, cohort=cohort, shots=k, free_text=False,
-                    bf16=bf16, seed=k,
-                )  # fmt: skip
+                try:
+                    ans = answer_rows(
+                        model, task, test_rows, span_of, cohort=cohort, shots=k,
+                        free_text=False, bf16=bf16, seed=k,
+                    )  # fmt: skip
+                except ContextTooLong as exc:
+                    notes.append(f"in-context K>={k} skipped: {exc}")
+                    break
+                fitted.append(k)
                 res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
                 methods[f"fmrilm in-context K={k}"] = method_entry(
                     res, "fmrilm", note=f"{ans['prompt_tokens']} prompt tokens on average"
                 )
                 values.append(res)
-            curves["fmrilm in-context"] = _curve(task, shots, values)
+            if values:
+                curves["fmrilm in-context"] = _curve(task, fitted, values)
         if "lora" in modes:
             values = []
             snapshot = _snapshot(model)
