@@ -609,6 +609,33 @@ def _ask_scan(args: argparse.Namespace):
     return read_array(_array_ref(path, None)), load_atlas(args.atlas), args.tr
 
 
+def _ask_task(model, args: argparse.Namespace):
+    """(Task, note) for ``fmrilm ask --task``: the tuned task, else the cohort's (zero-shot)."""
+    from fmrilm.instruct.tasks import Task
+
+    tuned = {t["name"]: t for t in (model.info.get("instruct") or {}).get("tasks", [])}
+    if args.task in tuned:
+        task, note = Task.from_dict(tuned[args.task]), None
+    elif args.data is not None:
+        from fmrilm.data.cohort import Cohort
+        from fmrilm.instruct.tasks import resolve_tasks
+
+        task = resolve_tasks(Cohort(args.data), [args.task])[0]
+        note = (
+            f"the model was not instruction-tuned on {args.task!r}: a zero-shot answer "
+            "(candidates from the cohort's training split)"
+        )
+    else:
+        known = ", ".join(sorted(tuned)) or "none (a stage-2 model)"
+        raise FmrilmError(
+            f"--task {args.task}: the model was not instruction-tuned on it (tasks: {known}); "
+            "give --data COHORT for a zero-shot answer, or ask it as a free question"
+        )
+    if task.kind == "text" or task.label_from == "corpus_fact":
+        raise FmrilmError(f"--task {args.task} has scan-specific questions; ask it as a question")
+    return task, note
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from fmrilm.model.fusion import FMRILM
 
@@ -617,23 +644,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
     model = FMRILM.from_pretrained(args.model)
     scan, atlas, tr = _ask_scan(args)
     if args.task:
-        from fmrilm.instruct.tasks import Task
-
-        tuned = {t["name"]: t for t in (model.info.get("instruct") or {}).get("tasks", [])}
-        if args.task not in tuned:
-            known = ", ".join(sorted(tuned)) or "none (a stage-2 model)"
-            raise FmrilmError(
-                f"--task {args.task}: the model was not instruction-tuned on it (tasks: {known}); "
-                "ask it as a free question for a zero-shot answer"
-            )
-        task = Task.from_dict(tuned[args.task])
-        if task.kind == "text":
-            raise FmrilmError(f"--task {args.task} has free-text answers; ask it as a question")
+        task, note = _ask_task(model, args)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         question = args.question or task.question()
         probs = model.choose(scan, question, task.candidate_texts(), atlas=atlas, tr=tr)
         print(f"Q: {question}")
         best = next(iter(probs))
-        print(f"A: {best}  (p = {probs[best]:.2f})")
+        if task.kind == "regression":  # as in fmrilm eval: the probability-weighted mean
+            mean = sum(float(c) * p for c, p in probs.items())
+            print(f"A: {mean:.{task.decimals}f} {task.unit}".rstrip() + f"  (mode {best})")
+        else:
+            print(f"A: {best}  (p = {probs[best]:.2f})")
         for cand, p in list(probs.items())[:8]:
             print(f"   {p:6.3f}  {cand}")
         return 0

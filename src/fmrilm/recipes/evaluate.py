@@ -182,7 +182,12 @@ def _score(task, y_true, y_pred, proba=None, *, n_boot: int, fill=None) -> dict[
     from fmrilm.evaluation.metrics import invalid_rate, score_classifier, score_regression
 
     if task.kind == "classification":
-        return score_classifier(y_true, y_pred, proba, classes=list(task.values), n_boot=n_boot)
+        # a class seen only in the held-out split is no candidate: it stays, always wrong
+        classes = list(task.values)
+        classes += sorted({v for v in y_true if v not in classes}, key=str)
+        if proba is not None and len(classes) > len(task.values):
+            proba = np.hstack([proba, np.zeros((len(proba), len(classes) - len(task.values)))])
+        return score_classifier(y_true, y_pred, proba, classes=classes, n_boot=n_boot)
     bad = invalid_rate(y_pred)
     pred = np.array([fill if p is None else p for p in y_pred], dtype=float)
     res = score_regression(np.asarray(y_true, dtype=float), pred, n_boot=n_boot)
@@ -394,7 +399,10 @@ def run_eval(
                 if task.kind == "regression":
                     note = "greedy generation parsed as a number; invalid answers take the training mean"
                 methods["fmrilm free text"] = method_entry(res, "fmrilm", note=note)
-        if "few-shot" in modes:
+        fewshot_form = task.label_from != "corpus_fact"
+        if not fewshot_form and {"few-shot", "lora"} & set(modes):
+            notes.append(f"{task.name}: no few-shot form (the question differs per scan)")
+        if "few-shot" in modes and fewshot_form:
             values, fitted = [], []
             for k in shots:
                 try:
@@ -413,7 +421,7 @@ def run_eval(
                 values.append(res)
             if values:
                 curves["fmrilm in-context"] = _curve(task, fitted, values)
-        if "lora" in modes:
+        if "lora" in modes and fewshot_form:
             values = []
             snapshot = _snapshot(model)
             try:

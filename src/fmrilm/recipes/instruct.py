@@ -142,9 +142,10 @@ def run_instruct(
     names = list(config.tasks) or None
     tasks = resolve_tasks(cohort, names, corpus_obj)
     held = set(config.held_out_tasks)
-    unknown = held - {t.name for t in resolve_tasks(cohort, None, corpus_obj)}
-    if unknown:
-        raise FmrilmError(f"held_out_tasks: unknown task {sorted(unknown)[0]!r}")
+    try:
+        resolve_tasks(cohort, sorted(held), corpus_obj)
+    except FmrilmError as exc:
+        raise FmrilmError(f"held_out_tasks: {exc}") from None
     tasks = [t for t in tasks if t.name not in held]
     if not tasks:
         raise FmrilmError("no task left to train on (every task is held out)")
@@ -177,7 +178,7 @@ def run_instruct(
         inputs["corpus_sha256"] = sha256_file(Path(corpus) / "corpus.json")
     summary = train_joint(
         model, model.text_tokenizer, [], replay, config, out, inputs=inputs, sampler=sampler,
-        progress=progress, log=log,
+        progress=progress, log=log, desc="stage 3",
     )  # fmt: skip
     summary.update(seconds=round(time.perf_counter() - t0, 1), processes=world, inputs=inputs)
     if rank == 0:

@@ -186,6 +186,7 @@ def train_joint(
     fsdp: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    desc: str = "stage 2",
 ) -> dict[str, Any]:
     """Train the trainable weights of ``model``; resumes from ``out/checkpoint.safetensors``.
 
@@ -277,7 +278,7 @@ def train_joint(
     bar = tqdm(
         total=config.steps,
         initial=start,
-        desc="stage 2",
+        desc=desc,
         unit="step",
         disable=not progress or rank != 0,
         dynamic_ncols=True,

@@ -1,0 +1,184 @@
+"""Stage 3 on held-out subjects: zero-shot, few-shot, LoRA, probe vs FC baselines and the oracle.
+
+Steps (each part's metrics are kept in ``--out/parts/`` and reused on a rerun unless
+``--retrain``; every part uses the same cohort split, so all methods see the same held-out
+subjects):
+
+1. **strict zero-shot**: the stage-2 model (never instruction-tuned) answers every task
+   (constrained scoring + free text), next to majority / FC baselines and the oracle;
+2. **instruction tuning** of that model (:func:`fmrilm.recipes.instruct.run_instruct`) on all
+   tasks except ``--held-out`` (answered zero-shot afterwards);
+3. the tuned model: zero-shot (+ free text), in-context few-shot (``--shots``), tokenizer
+   probe; the HTML report of this part goes to ``--out/report``;
+4. LoRA adaptation on K labelled training subjects per class (``--lora-shots``) for
+   ``--lora-tasks``, starting from the tuned model;
+5. a summary per task: the primary metric of every method, side by side.
+
+Usage::
+
+    python benchmarks/instruct_quality.py --model runs/bench_pretrain --data demo-output/sim \\
+        --corpus demo-output/sim_corpus [--out runs/bench_instruct] [--retrain]
+        [--json benchmarks/results/instruct_quality.json] [key=value ...]
+
+``key=value`` are InstructConfig overrides of step 2. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ("steps=200", "batch_size=4", "span_patches=2", "warmup=20", "log_every=10",
+          "ckpt_every=50")  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=ROOT / "runs/bench_pretrain")
+    p.add_argument("--data", type=Path, default=ROOT / "demo-output/sim")
+    p.add_argument("--corpus", type=Path, default=ROOT / "demo-output/sim_corpus")
+    p.add_argument("--out", type=Path, default=ROOT / "runs/bench_instruct")
+    p.add_argument("--retrain", action="store_true", help="delete --out and start again")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--tasks", default="sex,diagnosis,age,fluid_intelligence,task_state,age_bin,facts"
+    )
+    p.add_argument("--held-out", default="age_bin", help="tasks never instruction-tuned")
+    p.add_argument("--shots", default="2", help="in-context K per class")
+    p.add_argument("--lora-shots", default="2,16")
+    p.add_argument("--lora-tasks", default="sex,diagnosis,task_state")
+    p.add_argument("--adapt-steps", type=int, default=30)
+    p.add_argument("--max-scans", type=int, default=40, help="held-out rows per task")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from fmrilm.config import InstructConfig, load_config
+    from fmrilm.io import read_json, write_json
+    from fmrilm.recipes.evaluate import run_eval
+    from fmrilm.recipes.instruct import run_instruct
+
+    def names(v: str) -> list[str]:
+        return [x.strip() for x in v.split(",") if x.strip()]
+
+    if not (args.model / "config.json").is_file():
+        print(f"error: --model {args.model} is not a stage-2 model folder", file=sys.stderr)
+        return 2
+    if args.retrain and args.out.exists():
+        shutil.rmtree(args.out)
+    parts = args.out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    tasks = names(args.tasks)
+    held = names(args.held_out)
+    common = dict(corpus=args.corpus, max_rows=args.max_scans, n_boot=args.n_boot, progress=False,
+                  log=log)  # fmt: skip
+
+    def part(name: str, fn):
+        path = parts / f"{name}.json"
+        if path.exists():
+            log(f"{name}: reusing {path}")
+            return read_json(path)
+        log(f"{name} ...")
+        t0 = time.perf_counter()
+        res = fn()
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(path, res)
+        return res
+
+    strict = part(
+        "strict_zero_shot",
+        lambda: run_eval(args.model, args.data, tasks=tasks, modes=("zero-shot",), **common),
+    )
+    config = load_config(
+        InstructConfig, None, [*PRESET, f"held_out_tasks={','.join(held)}", *args.overrides]
+    )
+    tuned_dir = args.out / "model"
+    if not (tuned_dir / "config.json").exists():
+        log("instruction tuning ...")
+        training = run_instruct(
+            args.model, args.data, tuned_dir, config, corpus=args.corpus, progress=False, log=log
+        )
+    else:
+        training = read_json(tuned_dir / "training.json")
+    tuned = part(
+        "tuned",
+        lambda: run_eval(
+            tuned_dir, args.data, tasks=tasks, modes=("zero-shot", "few-shot", "probe"),
+            shots=[int(k) for k in names(args.shots)], report=args.out / "report", **common,
+        ),
+    )  # fmt: skip
+    lora = part(
+        "lora",
+        lambda: run_eval(
+            tuned_dir, args.data, tasks=names(args.lora_tasks), modes=("lora",),
+            shots=[int(k) for k in names(args.lora_shots)], adapt_steps=args.adapt_steps,
+            free_text=False, baselines=False, retrieval=False, **common,
+        ),
+    )  # fmt: skip
+
+    summary = {}
+    for name in tasks:
+        if name not in tuned["tasks"]:
+            continue
+        t = tuned["tasks"][name]
+        metric = "balanced_accuracy" if t["kind"] == "classification" else "r2"
+        row = {"metric": metric, "n_test": t["n_test"], "held_out": name in held}
+        s = strict["tasks"].get(name, {}).get("methods", {})
+        for label, src in (("strict zero-shot (stage 2)", s.get("fmrilm zero-shot")),
+                           ("strict zero-shot free text", s.get("fmrilm free text"))):  # fmt: skip
+            if src:
+                row[label] = src["metrics"].get(metric)
+                if src.get("invalid_rate") is not None:
+                    row[label + " invalid_rate"] = src["invalid_rate"]
+        for method, m in t["methods"].items():
+            row[method] = m["metrics"].get(metric)
+            if m.get("invalid_rate") is not None:
+                row[method + " invalid_rate"] = m["invalid_rate"]
+        for method, m in lora["tasks"].get(name, {}).get("methods", {}).items():
+            row[method] = m["metrics"].get(metric)
+        summary[name] = row
+    out = {
+        "benchmark": "instruct_quality",
+        "inputs": {"model": str(args.model), "data": str(args.data), "corpus": str(args.corpus)},
+        "instruct_config": json.loads(json.dumps(config.__dict__)),
+        "held_out_tasks": held,
+        "max_scans_per_task": args.max_scans,
+        "training": {
+            "seconds": training.get("seconds"),
+            "history": training.get("history", [])[-3:],
+        },
+        "summary": summary,
+        "retrieval": tuned.get("retrieval"),
+        "throughput": {"strict": strict.get("throughput"), "tuned": tuned.get("throughput")},
+        "seconds": {
+            "strict": strict.get("seconds"),
+            "tuned": tuned.get("seconds"),
+            "lora": lora.get("seconds"),
+        },  # fmt: skip
+        "notes": sorted(
+            set(strict.get("notes", []) + tuned.get("notes", []) + lora.get("notes", []))
+        ),
+        "report": str(args.out / "report" / "report.html"),
+    }
+    text = json.dumps(out, indent=2, default=str)
+    print(text)
+    if args.json:
+        from fmrilm.io import write_text
+
+        write_text(args.json, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
