@@ -198,3 +198,31 @@ def test_a_prompt_longer_than_the_context_is_refused_not_truncated(stage2):
     model._base().config.max_position_embeddings = 64
     with pytest.raises(ContextTooLong, match="exceeds the backbone's context of 64"):
         answer_rows(model, task, task_rows(cohort, task, "test"), lambda s: scan_span(codes[s], 2))
+
+
+def test_retrieve_text_to_scans_and_scan_to_texts(stage2):
+    import hashlib
+
+    def fake_encoder(texts):
+        out = []
+        for t in texts:
+            rng = np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:12], 16))
+            v = rng.standard_normal(384)
+            out.append(v / np.linalg.norm(v))
+        return np.array(out, dtype=np.float32)
+
+    root = stage2
+    model = FMRILM.from_pretrained(root / "stage2")
+    cohort = Cohort(root / "sim")
+    rows = cohort.split("test")
+    hits = model.retrieve(text="strong default-mode connectivity", gallery=(cohort, rows), k=3,
+                          text_encoder=fake_encoder)  # fmt: skip
+    assert len(hits) == 3 and {h[0] for h in hits} <= set(rows["scan_id"])
+    assert [h[1] for h in hits] == sorted((h[1] for h in hits), reverse=True)
+    sid = rows["scan_id"].iloc[0]
+    texts = ["low motion", "high motion", "a task run", "a resting run"]
+    found = model.retrieve(scan=cohort.scan(sid), gallery=texts, k=10,
+                           atlas=cohort.atlas(cohort.row(sid)["atlas"]), text_encoder=fake_encoder)  # fmt: skip
+    assert sorted(t for t, _ in found) == sorted(texts)  # k larger than the gallery: all of it
+    with pytest.raises(FmrilmError, match="exactly one"):
+        model.retrieve(gallery=texts)

@@ -271,6 +271,69 @@ class FMRILM(nn.Module):
         order = np.argsort(-p, kind="stable")
         return {candidates[i]: float(p[i]) for i in order}
 
+    def retrieve(
+        self,
+        *,
+        text: str | None = None,
+        scan=None,
+        gallery,
+        k: int = 5,
+        atlas=None,
+        tr: float | None = None,
+        text_encoder=None,
+    ) -> list[tuple[str, float]]:
+        """Text -> scans or scan -> texts, by cosine similarity in the tokenizer's text space.
+
+        * ``text=...``: ``gallery`` is a Cohort (every scan) or ``(cohort, rows)`` with manifest
+          rows; returns the ``k`` most similar ``(scan_id, similarity)``.
+        * ``scan=...`` (a Scan or an array with ``atlas=``/``tr=``): ``gallery`` is a list of
+          texts; returns the ``k`` most similar ``(text, similarity)``.
+
+        Scans are embedded by the stage-1 tokenizer (:meth:`FMRITokenizer.embed`), texts by its
+        frozen sentence encoder (``text_encoder``: a function texts -> raw vectors, for tests).
+        """
+        tok = self._loaded("retrieve")
+        if (text is None) == (scan is None):
+            raise FmrilmError("retrieve: pass exactly one of text= or scan=")
+        if not tok.text_dim:
+            raise FmrilmError("retrieve needs a tokenizer trained with the text alignment")
+        if k < 1:
+            raise FmrilmError(f"retrieve: k must be >= 1, got {k}")
+        if text_encoder is None:
+            from fmrilm.tokenizer.align import embed_texts
+
+            def text_encoder(texts):
+                return embed_texts(texts, tok.config.text_encoder, tok.config.llm)
+
+        if text is not None:
+            cohort, rows = gallery if isinstance(gallery, tuple) else (gallery, None)
+            rows = cohort.manifest if rows is None else rows
+            if len(rows) == 0:
+                raise FmrilmError("retrieve: the gallery has no scans")
+            names = rows["scan_id"].tolist()
+            vecs = np.stack(
+                [
+                    tok.embed(cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr))
+                    for r in rows.itertuples()
+                ]
+            )
+            query = tok.text_vectors(text_encoder([str(text)])).numpy()[0]
+        else:
+            names = [str(t) for t in gallery]
+            if not names:
+                raise FmrilmError("retrieve: the gallery has no texts")
+            if atlas is None:
+                if not getattr(scan, "atlas", ""):
+                    raise FmrilmError("pass atlas= (an Atlas or ROI table) for an array input")
+                from fmrilm.data.atlas import load_atlas
+
+                atlas = load_atlas(scan.atlas)
+            vecs = tok.text_vectors(text_encoder(names)).numpy()
+            query = tok.embed(scan, atlas=atlas, tr=tr)
+        sims = vecs @ query
+        order = np.argsort(-sims, kind="stable")[:k]
+        return [(names[i], float(sims[i])) for i in order]
+
     def describe(self, scan, **kwargs) -> str:
         """A description of one scan in the words of the descriptive corpus (see :meth:`ask`)."""
         from fmrilm.model.objectives import DESCRIBE
