@@ -115,7 +115,8 @@ def main(argv=None) -> int:
         "tuned",
         lambda: run_eval(
             tuned_dir, args.data, tasks=tasks, modes=("zero-shot", "few-shot", "probe"),
-            shots=[int(k) for k in names(args.shots)], report=args.out / "report", **common,
+            shots=[int(k) for k in names(args.shots)], report=args.out / "report",
+            multi_question=True, **common,
         ),
     )  # fmt: skip
     lora = part(

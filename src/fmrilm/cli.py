@@ -243,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-scans", type=int, help="evaluate at most N held-out rows per task")
     ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     ev.add_argument("--no-free-text", action="store_true", help="skip free-text answers")
+    ev.add_argument(
+        "--multi-question",
+        action="store_true",
+        help="also ask the subject-level tasks together in one prompt (zero-shot)",
+    )
     ev.add_argument("--no-baselines", action="store_true", help="skip baselines and oracle")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(command="run")
@@ -577,7 +582,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.model, args.data, tasks=_names(args.tasks) or None, modes=_names(args.mode),
         shots=shots, corpus=args.corpus, report=args.report, split=args.split,
         n_boot=args.n_boot, max_rows=args.max_scans, free_text=not args.no_free_text,
-        adapt_steps=args.adapt_steps,
+        adapt_steps=args.adapt_steps, multi_question=args.multi_question,
         baselines=not args.no_baselines, progress=not args.quiet,
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip

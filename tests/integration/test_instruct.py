@@ -126,6 +126,7 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
     metrics = run_eval(
         model_dir, root / "sim", tasks=["sex", "task_state", "age"],
         modes=["zero-shot", "few-shot", "lora"], shots=[1], corpus=root / "corpus", adapt_steps=2,
+        multi_question=True,
         report=root / "report", n_boot=50, **QUIET,
     )  # fmt: skip
     sex = metrics["tasks"]["sex"]
@@ -143,6 +144,9 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
     assert metrics["tasks"]["task_state"]["n_test"] > 3  # every held-out scan, not one per subject
     age = metrics["tasks"]["age"]["methods"]
     assert "r2" in age["fmrilm zero-shot"]["metrics"] and "FC+ridge" in age
+    assert "fmrilm multi-question" in age and "fmrilm multi-question" in m  # sex + age together
+    assert "task_state" not in str(m["fmrilm multi-question"]["note"])  # scan-level: not grouped
+    assert any(n.startswith("multi-question: 2 questions") for n in metrics["notes"])
     assert metrics["tasks"]["sex"]["fewshot"]["fmrilm in-context"]["k"] == [1]
     assert metrics["throughput"]["scans_per_s"] > 0
     r = metrics["retrieval"]["fmri_to_text"]

@@ -7,7 +7,7 @@ import torch
 from fmrilm.config import PretrainConfig, TokenizerConfig
 from fmrilm.errors import FmrilmError
 from fmrilm.model.backbones import get_backbone
-from fmrilm.model.objectives import collate
+from fmrilm.model.objectives import Example, collate
 from fmrilm.model.qa import answer_free, candidate_logprobs, render, softmax
 from fmrilm.recipes.pretrain import build_model
 from fmrilm.tokenizer import FMRITokenizer
@@ -69,6 +69,18 @@ def test_candidate_scores_equal_the_full_forward_log_likelihood(model_and_tok):
     for cand, score in zip(candidates, fast, strict=True):
         ex = render(model, tok, segments, SPANS.__getitem__, answer=cand)
         b = collate([ex], tok.pad_token_id)
+        with torch.no_grad():
+            out = model(b["ids"], b["attention_mask"], b["loss_mask"])
+        assert score == pytest.approx(-float(out["text_loss_sum"]), abs=1e-3)
+    # another end than end-of-turn (a newline between answers of a multi-question reply)
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    with_nl = candidate_logprobs(model, tok, prompt, candidates[:2], end=nl)
+    for cand, score in zip(candidates[:2], with_nl, strict=True):
+        ids = prompt + tok(cand, add_special_tokens=False)["input_ids"] + nl
+        n_target = len(ids) - len(prompt)
+        b = collate(
+            [Example(ids, [False] * len(prompt) + [True] * n_target, "x")], tok.pad_token_id
+        )
         with torch.no_grad():
             out = model(b["ids"], b["attention_mask"], b["loss_mask"])
         assert score == pytest.approx(-float(out["text_loss_sum"]), abs=1e-3)

@@ -81,16 +81,20 @@ def candidate_logprobs(
     *,
     bf16: bool = False,
     batch_size: int = 64,
+    end: Sequence[int] | None = None,
 ) -> np.ndarray:
     """log p(candidate + end of turn | prompt) for each candidate, shape (n_candidates,).
 
     Sums over the candidate's tokens (not length-normalised: a candidate that needs more
-    tokens must earn each). The end-of-turn token makes "5" and "53" distinct answers.
+    tokens must earn each). The end-of-turn token makes "5" and "53" distinct answers;
+    ``end`` replaces it (e.g. the newline after an answer that is not the last of a
+    multi-question reply).
     """
     if not candidates:
         raise FmrilmError("constrained scoring needs at least one candidate answer")
     eos = tokenizer.eos_token_id
-    seqs = [_text_ids(tokenizer, str(c)) + ([eos] if eos is not None else []) for c in candidates]
+    end = list(end) if end is not None else ([eos] if eos is not None else [])
+    seqs = [_text_ids(tokenizer, str(c)) + end for c in candidates]
     if any(len(s) == 0 for s in seqs):
         raise FmrilmError("a candidate answer has no tokens")
     device = model.fmri_embed.weight.device

@@ -108,6 +108,51 @@ def answer_rows(
     return out
 
 
+def answer_multi(
+    model, tasks: list, rows: pd.DataFrame, span_of, *, bf16: bool = False, seed: int = 0
+) -> dict[str, Any]:
+    """All ``tasks`` asked in one prompt per row ("1. ... 2. ..."), answered in order.
+
+    Question i is scored over its candidates after the model's own answers to questions
+    1..i-1 (as it would have written them), followed by a newline (the end of turn for the
+    last one) -- the reply format the model was tuned on (:func:`format_answers`).
+    """
+    from fmrilm.instruct import make_example
+    from fmrilm.model.objectives import _text_ids
+    from fmrilm.model.qa import candidate_logprobs, render, softmax
+
+    tok = model.text_tokenizer
+    rng = np.random.default_rng(seed)
+    newline = _text_ids(tok, "\n")
+    out = {t.name: {"y_true": [], "y_pred": [], "proba": []} for t in tasks}
+    t0 = time.perf_counter()
+    for _, row in rows.iterrows():
+        ex = make_example(tasks, row, rng)
+        prompt = render(model, tok, ex.segments, span_of).ids
+        written = ""
+        for i, name in enumerate(ex.tasks):
+            task = next(t for t in tasks if t.name == name)
+            prefix = prompt + _text_ids(tok, f"{written}{i + 1}. ")
+            last = i == len(ex.tasks) - 1
+            p = softmax(
+                candidate_logprobs(
+                    model, tok, prefix, list(task.candidate_texts()), bf16=bf16,
+                    end=None if last else newline,
+                )
+            )  # fmt: skip
+            k = int(np.argmax(p))
+            if task.kind == "classification":
+                pred = task.values[k]
+            else:
+                pred = float(p @ np.asarray(task.grid, dtype=float))
+            written += f"{i + 1}. {task.candidate_texts()[k]}\n"
+            out[name]["y_true"].append(ex.labels[i])
+            out[name]["y_pred"].append(pred)
+            out[name]["proba"].append(p)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
 def adapt_lora(
     model,
     cohort,
@@ -313,6 +358,7 @@ def run_eval(
     max_rows: int | None = None,
     adapt_steps: int = 30,
     free_text: bool = True,
+    multi_question: bool = False,
     baselines: bool = True,
     retrieval: bool = True,
     bf16: bool | None = None,
@@ -468,6 +514,14 @@ def run_eval(
         if curves:
             entry["fewshot"] = curves
         result_tasks[task.name] = entry
+    if multi_question:
+        if answered:
+            notes.append(
+                f"one question per prompt took {answer_seconds / answered:.2f} s per answer "
+                "(constrained scoring)"
+            )
+        notes += _multi_question(model, cohort, task_objs, split, result_tasks, span_of,
+                                 max_rows=max_rows, n_boot=n_boot, bf16=bf16)  # fmt: skip
     metrics: dict[str, Any] = {
         "title": f"fmrilm evaluation: {Path(model_dir).name} on {cohort.root.name} ({split})",
         "model": str(model_dir),
@@ -481,7 +535,8 @@ def run_eval(
     if answered:
         metrics["throughput"] = {
             "scans_per_s": round(answered / max(answer_seconds, 1e-9), 3),
-            "how": "zero-shot questions answered per second (constrained + free text)",
+            "how": "zero-shot questions answered per second by constrained scoring (one question "
+            "per prompt; free-text generation not included)",
         }
     if retrieval and corpus_obj is None:
         notes.append("retrieval skipped: pass --corpus for the scans' texts")
@@ -501,6 +556,38 @@ def run_eval(
         path = write_report(metrics, report)
         log(f"report: {path}")
     return metrics
+
+
+def _multi_question(
+    model, cohort, tasks, split, result_tasks, span_of, *, max_rows, n_boot, bf16
+) -> list[str]:
+    """Subject-level column tasks asked together: one entry per task, and the time saved."""
+    from fmrilm.evaluation.report import method_entry
+
+    group = [t for t in tasks if t.level == "subject" and t.label_from in ("column", "bins")]
+    if len(group) < 2:
+        return ["multi-question: fewer than 2 subject-level tasks to ask together"]
+    rows = None
+    for t in group:
+        r = _label_rows(cohort, t, split)
+        rows = r if rows is None else rows[rows["scan_id"].isin(r["scan_id"])]
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_rows).round().astype(int))]
+    res = answer_multi(model, group, rows, span_of, bf16=bf16)
+    for t in group:
+        r = res[t.name]
+        scores = _score(t, r["y_true"], r["y_pred"], np.array(r["proba"]), n_boot=n_boot)
+        result_tasks[t.name]["methods"]["fmrilm multi-question"] = method_entry(
+            scores,
+            "fmrilm",
+            note=f"all of {', '.join(x.name for x in group)} asked in one prompt "
+            f"({len(rows)} held-out rows)",
+        )
+    per = res["seconds"] / max(len(rows), 1)
+    return [
+        f"multi-question: {len(group)} questions per prompt took {per:.2f} s per scan "
+        f"({per / len(group):.2f} s per answer; constrained scoring)"
+    ]
 
 
 def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int):
