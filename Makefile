@@ -42,13 +42,21 @@ test-all: lint
 demo: $(STAMP)
 	$(BIN)/python -m fmrilm.recipes.demo --out $(DEMO_OUT)
 
-# Every number in README/docs; results land in benchmarks/results/ (about 20 minutes on 2 cores).
+# Every number in README/docs; results land in benchmarks/results/ (about 3 hours on 2 cores:
+# the stage-2 and stage-3 runs train SmolLM2 adapters on the tokenizer benchmark's cohort).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cohort_scaling.py --out benchmarks/results/cohort_scaling.json
 	$(BIN)/python benchmarks/simulate_baseline_vs_oracle.py --subjects 1000 --json benchmarks/results/simulate_baseline_vs_oracle.json
 	$(BIN)/python benchmarks/corpus_speed.py --out benchmarks/results/corpus_speed.json
 	$(BIN)/python benchmarks/corpus_validity.py --subjects 600 --json benchmarks/results/corpus_validity.json
 	$(BIN)/python benchmarks/tokenizer_quality.py --subjects 200 --retrain --json benchmarks/results/tokenizer_quality.json
+	$(BIN)/python benchmarks/pretrain_speed.py --json benchmarks/results/pretrain_speed.json
+	$(BIN)/python benchmarks/pretrain_quality.py --tokenizer runs/bench_tokenizer/tokenizer \
+	    --data runs/bench_tokenizer/sim --corpus runs/bench_tokenizer/corpus --out runs/bench_pretrain \
+	    --retrain --json benchmarks/results/pretrain_quality.json
+	$(BIN)/python benchmarks/instruct_quality.py --model runs/bench_pretrain --data runs/bench_tokenizer/sim \
+	    --corpus runs/bench_tokenizer/corpus --out runs/bench_instruct --retrain \
+	    --json benchmarks/results/instruct_quality.json
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) runs/bench_tokenizer .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) runs/bench_tokenizer runs/bench_pretrain runs/bench_instruct .pytest_cache .ruff_cache

@@ -49,10 +49,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# about 50 minutes of training on 2 CPU cores with SmolLM2-135M (interrupted runs resume from
+# about 35 minutes of training on 2 CPU cores with SmolLM2-135M (interrupted runs resume from
 # the last checkpoint); key=value overrides win, e.g. steps=60 warmup=6 for a quick look
 PRESET = (
-    "steps=300",
+    "steps=200",
     "batch_size=4",
     "span_patches=2",
     "warmup=20",
