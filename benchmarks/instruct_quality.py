@@ -10,8 +10,10 @@ subjects):
    tasks except ``--held-out`` (answered zero-shot afterwards);
 3. the tuned model: zero-shot (+ free text), in-context few-shot (``--shots``), tokenizer
    probe; the HTML report of this part goes to ``--out/report``;
-4. LoRA adaptation on K labelled training subjects per class (``--lora-shots``) for
-   ``--lora-tasks``, starting from the tuned model;
+4. in-context few-shot with a larger K (``--long-shots``) for ``--long-tasks`` on fewer rows
+   (``--long-scans``; prompts grow with K x classes, and a K whose prompt exceeds the
+   backbone's context is skipped with a note), and LoRA adaptation on K labelled training
+   subjects per class (``--lora-shots``) for ``--lora-tasks``, starting from the tuned model;
 5. a summary per task: the primary metric of every method, side by side.
 
 Usage::
@@ -54,7 +56,10 @@ def main(argv=None) -> int:
         "--tasks", default="sex,diagnosis,age,fluid_intelligence,task_state,age_bin,facts"
     )
     p.add_argument("--held-out", default="age_bin", help="tasks never instruction-tuned")
-    p.add_argument("--shots", default="2", help="in-context K per class")
+    p.add_argument("--shots", default="2", help="in-context K per class (all tasks)")
+    p.add_argument("--long-shots", default="16", help="larger in-context K, --long-tasks only")
+    p.add_argument("--long-tasks", default="sex,task_state")
+    p.add_argument("--long-scans", type=int, default=20, help="held-out rows for --long-shots")
     p.add_argument("--lora-shots", default="2,16")
     p.add_argument("--lora-tasks", default="sex,diagnosis,task_state")
     p.add_argument("--adapt-steps", type=int, default=30)
@@ -119,6 +124,14 @@ def main(argv=None) -> int:
             multi_question=True, **common,
         ),
     )  # fmt: skip
+    long_ctx = part(
+        "incontext_long",
+        lambda: run_eval(
+            tuned_dir, args.data, tasks=names(args.long_tasks), modes=("few-shot",),
+            shots=[int(k) for k in names(args.long_shots)], free_text=False, baselines=False,
+            retrieval=False, **{**common, "max_rows": args.long_scans},
+        ),
+    )  # fmt: skip
     lora = part(
         "lora",
         lambda: run_eval(
@@ -146,8 +159,9 @@ def main(argv=None) -> int:
             row[method] = m["metrics"].get(metric)
             if m.get("invalid_rate") is not None:
                 row[method + " invalid_rate"] = m["invalid_rate"]
-        for method, m in lora["tasks"].get(name, {}).get("methods", {}).items():
-            row[method] = m["metrics"].get(metric)
+        for extra in (lora, long_ctx):
+            for method, m in extra["tasks"].get(name, {}).get("methods", {}).items():
+                row[method] = m["metrics"].get(metric)
         summary[name] = row
     out = {
         "benchmark": "instruct_quality",
@@ -165,11 +179,10 @@ def main(argv=None) -> int:
         "seconds": {
             "strict": strict.get("seconds"),
             "tuned": tuned.get("seconds"),
+            "incontext_long": long_ctx.get("seconds"),
             "lora": lora.get("seconds"),
         },  # fmt: skip
-        "notes": sorted(
-            set(strict.get("notes", []) + tuned.get("notes", []) + lora.get("notes", []))
-        ),
+        "notes": sorted({n for r in (strict, tuned, long_ctx, lora) for n in r.get("notes", [])}),
         "report": str(args.out / "report" / "report.html"),
     }
     text = json.dumps(out, indent=2, default=str)
