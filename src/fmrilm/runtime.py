@@ -65,7 +65,23 @@ def init_distributed() -> tuple[int, int]:
         if backend == "nccl":  # one GPU per process, chosen by torchrun's LOCAL_RANK
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
+        _OWN_GROUP.append(True)
     return dist.get_rank(), dist.get_world_size()
+
+
+_OWN_GROUP: list[bool] = []  # non-empty while a group made by init_distributed is alive
+
+
+def finish_distributed() -> None:
+    """Wait for every process, then leave the process group init_distributed made (a clean
+    exit under torchrun: a process that exits while another still uses the group can abort in
+    the backend's threads). A group the caller made is left to the caller."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        if _OWN_GROUP:
+            dist.destroy_process_group()
+            _OWN_GROUP.clear()
 
 
 def training_device(requested: str = "auto") -> torch.device:

@@ -45,6 +45,9 @@ def main(out: str, fsdp: bool = False) -> None:
         sharded = sum(isinstance(p, DTensor) for p in frozen)
         meta = {"world": str(world), "history": repr(summary["history"]), "sharded": str(sharded)}
         save_file(state, out, metadata=meta)
+    from fmrilm.runtime import finish_distributed
+
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -192,5 +192,8 @@ def run_instruct(
         }
         save_model(model, out, model.pretrain_config, model.fmri_tokenizer, extra=stage3)
         write_json(out / "training.json", summary)
+    from fmrilm.runtime import finish_distributed
+
+    finish_distributed()
     log(f"saved the instruction-tuned model to {out} ({summary['seconds']} s)")
     return summary

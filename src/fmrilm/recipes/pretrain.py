@@ -470,5 +470,8 @@ def run_pretrain(
     if rank == 0:
         save_model(model, out, config, fmri_tok)
         write_json(out / "training.json", summary)
+    from fmrilm.runtime import finish_distributed
+
+    finish_distributed()
     log(f"saved stage-2 model to {out} ({summary['seconds']} s)")
     return summary
