@@ -125,7 +125,7 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
                      root / "corpus", **QUIET)  # fmt: skip
     metrics = run_eval(
         model_dir, root / "sim", tasks=["sex", "task_state", "age"],
-        modes=["zero-shot", "few-shot", "lora"], shots=[1], corpus=root / "corpus", adapt_steps=2,
+        modes=["zero-shot", "few-shot", "lora", "probe"], shots=[1], corpus=root / "corpus", adapt_steps=2,
         multi_question=True,
         report=root / "report", n_boot=50, **QUIET,
     )  # fmt: skip
@@ -134,6 +134,10 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
     m = sex["methods"]
     assert {"fmrilm zero-shot", "fmrilm free text", "fmrilm in-context K=1", "fmrilm LoRA K=1",
             "majority", "FC+LR", "oracle"} <= set(m)  # fmt: skip
+    assert (
+        "fmrilm tokenizer probe" in m
+        and "r2" in metrics["tasks"]["age"]["methods"]["fmrilm tokenizer probe"]["metrics"]
+    )
     assert set(sex["fewshot"]) == {"fmrilm in-context", "fmrilm LoRA", "FC few-shot"}
     assert m["fmrilm zero-shot"]["note"].startswith("not instruction-tuned")  # held out
     for name in ("fmrilm zero-shot", "FC+LR"):

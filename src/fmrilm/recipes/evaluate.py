@@ -320,12 +320,7 @@ def retrieval_both_ways(fmri_tok, cohort, rows: pd.DataFrame, corpus) -> dict[st
     """fMRI -> text and text -> fMRI ranks among ``rows`` (scans with corpus texts)."""
     from fmrilm.tokenizer.evaluate import retrieval_similarities
 
-    vecs = np.stack(
-        [
-            fmri_tok.embed(cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr))
-            for r in rows.itertuples()
-        ]
-    )
+    vecs = scan_embeddings(fmri_tok, cohort, rows)
     sims, _ = retrieval_similarities(vecs, rows["scan_id"].tolist(), corpus, fmri_tok)
     from fmrilm.tokenizer.evaluate import retrieval_ranks
 
@@ -416,6 +411,7 @@ def run_eval(
         return scan_span(codes[scan_id], span_patches)
 
     result_tasks: dict[str, Any] = {}
+    embeddings: dict[str, np.ndarray] = {}  # tokenizer scan vectors, shared by probe tasks
     answered, answer_seconds = 0, 0.0
     for task in tqdm(task_objs, desc="tasks", disable=not progress):
         test_rows = _label_rows(cohort, task, split)
@@ -492,7 +488,9 @@ def run_eval(
             curves["fmrilm LoRA"] = _curve(task, shots, values)
         if "probe" in modes:
             methods["fmrilm tokenizer probe"] = method_entry(
-                _embedding_probe(model.fmri_tokenizer, cohort, task, train_rows, test_rows, n_boot),
+                _embedding_probe(
+                    model.fmri_tokenizer, cohort, task, train_rows, test_rows, n_boot, embeddings
+                ),
                 "fmrilm",
                 note="linear model on the tokenizer's scan embeddings (training split)",
             )
@@ -590,18 +588,24 @@ def _multi_question(
     ]
 
 
-def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int):
+def scan_embeddings(fmri_tok, cohort, rows: pd.DataFrame, cache: dict | None = None) -> np.ndarray:
+    """The tokenizer's text-space vector of every scan in ``rows`` (memoised in ``cache``)."""
+    cache = {} if cache is None else cache
+    for r in rows.itertuples():
+        if r.scan_id not in cache:
+            cache[r.scan_id] = fmri_tok.embed(
+                cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr)
+            )
+    return np.stack([cache[s] for s in rows["scan_id"]])
+
+
+def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int, cache=None):
     from fmrilm.evaluation.baselines import linear_probe
 
     if not fmri_tok.text_dim:
         raise FmrilmError("--mode probe needs a tokenizer trained with the text alignment")
     both = pd.concat([train_rows, test_rows])
-    X = np.stack(
-        [
-            fmri_tok.embed(cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr))
-            for r in both.itertuples()
-        ]
-    )
+    X = scan_embeddings(fmri_tok, cohort, both, cache)
     y = both["_label"].to_numpy()
     if task.kind == "regression":
         y = y.astype(float)
