@@ -10,11 +10,16 @@ subjects):
    tasks except ``--held-out`` (answered zero-shot afterwards);
 3. the tuned model: zero-shot (+ free text), in-context few-shot (``--shots``), tokenizer
    probe; the HTML report of this part goes to ``--out/report``;
-4. in-context few-shot with a larger K (``--long-shots``) for ``--long-tasks`` on fewer rows
+4. in-context few-shot with larger K (``--long-shots``) for ``--long-tasks`` on fewer rows
    (``--long-scans``; prompts grow with K x classes, and a K whose prompt exceeds the
-   backbone's context is skipped with a note), and LoRA adaptation on K labelled training
-   subjects per class (``--lora-shots``) for ``--lora-tasks``, starting from the tuned model;
+   backbone's context is skipped with a note), LoRA adaptation on K labelled training
+   subjects per class (``--lora-shots``) for ``--lora-tasks``, and full fine-tuning on the
+   same subjects (``--full-shots``), each starting from the tuned model;
 5. a summary per task: the primary metric of every method, side by side.
+
+By default (``--no-descriptors`` turns it off) the tuned model's prompts in steps 3-4 also carry each
+scan's descriptor line from the corpus; zero-shot is then scored with and without it, and the
+baselines include a linear model on the same descriptor values.
 
 Usage::
 
@@ -57,11 +62,15 @@ def main(argv=None) -> int:
     )
     p.add_argument("--held-out", default="age_bin", help="tasks never instruction-tuned")
     p.add_argument("--shots", default="2", help="in-context K per class (all tasks)")
-    p.add_argument("--long-shots", default="16", help="larger in-context K, --long-tasks only")
-    p.add_argument("--long-tasks", default="sex,task_state")
+    p.add_argument("--long-shots", default="4,8,16", help="larger in-context K, --long-tasks")
+    p.add_argument("--long-tasks", default="sex,diagnosis,task_state")
     p.add_argument("--long-scans", type=int, default=20, help="held-out rows for --long-shots")
-    p.add_argument("--lora-shots", default="2,16")
+    p.add_argument("--lora-shots", default="2,4,8,16,32")
     p.add_argument("--lora-tasks", default="sex,diagnosis,task_state")
+    p.add_argument("--full-shots", default="2,16", help="K for full fine-tuning ('' skips it)")
+    p.add_argument(
+        "--no-descriptors", action="store_true", help="prompts without the descriptor line"
+    )
     p.add_argument("--adapt-steps", type=int, default=30)
     p.add_argument("--max-scans", type=int, default=40, help="held-out rows per task")
     p.add_argument("--n-boot", type=int, default=1000)
@@ -121,7 +130,7 @@ def main(argv=None) -> int:
         lambda: run_eval(
             tuned_dir, args.data, tasks=tasks, modes=("zero-shot", "few-shot", "probe"),
             shots=[int(k) for k in names(args.shots)], report=args.out / "report",
-            multi_question=True, **common,
+            multi_question=True, descriptors=not args.no_descriptors, **common,
         ),
     )  # fmt: skip
     long_ctx = part(
@@ -129,18 +138,41 @@ def main(argv=None) -> int:
         lambda: run_eval(
             tuned_dir, args.data, tasks=names(args.long_tasks), modes=("few-shot",),
             shots=[int(k) for k in names(args.long_shots)], free_text=False, baselines=False,
-            retrieval=False, **{**common, "max_rows": args.long_scans},
-        ),
-    )  # fmt: skip
-    lora = part(
-        "lora",
-        lambda: run_eval(
-            tuned_dir, args.data, tasks=names(args.lora_tasks), modes=("lora",),
-            shots=[int(k) for k in names(args.lora_shots)], adapt_steps=args.adapt_steps,
-            free_text=False, baselines=False, retrieval=False, **common,
+            retrieval=False, descriptors=not args.no_descriptors,
+            **{**common, "max_rows": args.long_scans},
         ),
     )  # fmt: skip
 
+    def adapted(mode: str, shots: list[int]) -> dict:
+        """``mode`` (lora/full) for each --lora-tasks task, with the Ks its classes allow."""
+        from fmrilm.data.cohort import Cohort
+        from fmrilm.instruct import resolve_tasks
+        from fmrilm.instruct.prompts import max_shots
+
+        cohort = Cohort(args.data)
+        out: dict = {"tasks": {}, "notes": []}
+        for task in resolve_tasks(cohort, names(args.lora_tasks), None):
+            most = max_shots(cohort, task)
+            ks = [k for k in shots if k <= most]
+            if len(ks) < len(shots):
+                out["notes"].append(
+                    f"{task.name}: {mode} K={','.join(str(k) for k in shots if k > most)} not "
+                    f"run: a class has only {most} training subjects"
+                )
+            if not ks:
+                continue
+            res = run_eval(
+                tuned_dir, args.data, tasks=[task.name], modes=(mode,), shots=ks,
+                adapt_steps=args.adapt_steps, free_text=False, baselines=False,
+                retrieval=False, descriptors=not args.no_descriptors, **common,
+            )  # fmt: skip
+            out["tasks"].update(res["tasks"])
+            out["notes"] += res["notes"]
+        return out
+
+    lora = part("lora", lambda: adapted("lora", [int(k) for k in names(args.lora_shots)]))
+    full_shots = [int(k) for k in names(args.full_shots)]
+    full = part("full", lambda: adapted("full", full_shots)) if full_shots else {"tasks": {}}
     summary = {}
     for name in tasks:
         if name not in tuned["tasks"]:
@@ -159,7 +191,7 @@ def main(argv=None) -> int:
             row[method] = m["metrics"].get(metric)
             if m.get("invalid_rate") is not None:
                 row[method + " invalid_rate"] = m["invalid_rate"]
-        for extra in (lora, long_ctx):
+        for extra in (lora, long_ctx, full):
             for method, m in extra["tasks"].get(name, {}).get("methods", {}).items():
                 row[method] = m["metrics"].get(metric)
         summary[name] = row
@@ -181,8 +213,19 @@ def main(argv=None) -> int:
             "tuned": tuned.get("seconds"),
             "incontext_long": long_ctx.get("seconds"),
             "lora": lora.get("seconds"),
+            "full": full.get("seconds"),
         },  # fmt: skip
-        "notes": sorted({n for r in (strict, tuned, long_ctx, lora) for n in r.get("notes", [])}),
+        "fewshot_curves": {
+            name: {
+                curve: values
+                for r in (tuned, long_ctx, lora, full)
+                for curve, values in r["tasks"].get(name, {}).get("fewshot", {}).items()
+            }
+            for name in tasks
+        },
+        "notes": sorted(
+            {n for r in (strict, tuned, long_ctx, lora, full) for n in r.get("notes", [])}
+        ),
         "report": str(args.out / "report" / "report.html"),
     }
     text = json.dumps(out, indent=2, default=str)

@@ -231,12 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--mode",
         default="zero-shot",
-        help="comma-separated: zero-shot, few-shot, lora, probe (default zero-shot)",
+        help="comma-separated: zero-shot, few-shot, lora, full (full fine-tuning on K subjects "
+        "per class), probe (default zero-shot)",
     )
     ev.add_argument(
         "--shots", default="2", help="K labelled subjects per class, e.g. 2,4,8 (few-shot, lora)"
     )
-    ev.add_argument("--adapt-steps", type=int, default=30, help="LoRA steps per K (lora mode)")
+    ev.add_argument(
+        "--adapt-steps", type=int, default=30, help="tuning steps per K (lora, full modes)"
+    )
     ev.add_argument("--split", default="test", help="held-out split (default test)")
     ev.add_argument("--report", type=Path, help="write report.html, metrics.json and plots here")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -247,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--multi-question",
         action="store_true",
         help="also ask the subject-level tasks together in one prompt (zero-shot)",
+    )
+    ev.add_argument(
+        "--descriptors",
+        action="store_true",
+        help="add each scan's descriptor summary from --corpus to the prompts (zero-shot is "
+        "then scored with and without it)",
     )
     ev.add_argument("--no-baselines", action="store_true", help="skip baselines and oracle")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -260,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--atlas", help="atlas name or ROI table for a file (--scan FILE)")
     ask.add_argument("--tr", type=_positive, help="repetition time in s for a file")
     ask.add_argument("--task", help="answer a registry task with its candidates + probabilities")
+    ask.add_argument(
+        "--corpus",
+        type=Path,
+        help="descriptive corpus of --data: the scan's descriptor summary goes into the prompt",
+    )
     ask.add_argument("--max-new-tokens", type=int, default=160)
     ask.set_defaults(command="run")
     return p
@@ -583,6 +597,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shots=shots, corpus=args.corpus, report=args.report, split=args.split,
         n_boot=args.n_boot, max_rows=args.max_scans, free_text=not args.no_free_text,
         adapt_steps=args.adapt_steps, multi_question=args.multi_question,
+        descriptors=args.descriptors,
         baselines=not args.no_baselines, progress=not args.quiet,
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
@@ -646,14 +661,28 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if not args.question and not args.task:
         raise FmrilmError("give a question or --task NAME")
+    summary = None
+    if args.corpus is not None:
+        from fmrilm.corpus.build import Corpus
+        from fmrilm.instruct import descriptor_line
+
+        if args.data is None:
+            raise FmrilmError("--corpus needs --data and a scan id of that cohort in --scan")
+        summary = descriptor_line(Corpus(args.corpus).record(args.scan))
+        if summary is None:
+            raise FmrilmError(f"--corpus {args.corpus}: scan {args.scan} has no descriptors")
     model = FMRILM.from_pretrained(args.model)
     scan, atlas, tr = _ask_scan(args)
+    if summary:
+        print(summary, file=sys.stderr)
     if args.task:
         task, note = _ask_task(model, args)
         if note:
             print(f"note: {note}", file=sys.stderr)
         question = args.question or task.question()
-        probs = model.choose(scan, question, task.candidate_texts(), atlas=atlas, tr=tr)
+        probs = model.choose(
+            scan, question, task.candidate_texts(), atlas=atlas, tr=tr, summary=summary
+        )
         print(f"Q: {question}")
         best = next(iter(probs))
         if task.kind == "regression":  # as in fmrilm eval: the probability-weighted mean
@@ -668,7 +697,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not tuned:
         print("note: a stage-2 model, trained only to describe scans: other questions are "
               "answered zero-shot", file=sys.stderr)  # fmt: skip
-    print(model.ask(scan, args.question, atlas=atlas, tr=tr, max_new_tokens=args.max_new_tokens))
+    print(
+        model.ask(
+            scan, args.question, atlas=atlas, tr=tr, max_new_tokens=args.max_new_tokens,
+            summary=summary,
+        )
+    )  # fmt: skip
     return 0
 
 

@@ -223,6 +223,9 @@ class InstructConfig(_LoopConfig):
     # prompt mix
     multi_question: float = 0.2  # share of prompts that ask several questions at once
     context_prob: float = 0.3  # share with a dataset/acquisition context line
+    # share with the scan's descriptor summary from the corpus (needs --corpus); the rest are
+    # fMRI tokens alone, so the model answers both ways
+    descriptor_prob: float = 0.5
     fewshot_prob: float = 0.2  # share with in-context exemplars from other training subjects
     fewshot_k: int = 1  # exemplars per class in those prompts
     # objectives (weight 0 switches one off); descriptions are one of the tasks
@@ -241,7 +244,7 @@ class InstructConfig(_LoopConfig):
             self, 1, "span_patches", "max_len", "steps", "batch_size", "grad_accum",
             "log_every", "ckpt_every", "fewshot_k",
         )  # fmt: skip
-        for name in ("multi_question", "context_prob", "fewshot_prob"):
+        for name in ("multi_question", "context_prob", "descriptor_prob", "fewshot_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise FmrilmError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("temporal_weight", "description_weight", "replay_weight"):

@@ -164,6 +164,48 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
                  baselines=False, retrieval=False, **QUIET)  # fmt: skip
 
 
+def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
+    from fmrilm.instruct import resolve_tasks
+    from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_lora, run_eval
+    from fmrilm.recipes.instruct import encode_split
+
+    root = stage2
+    metrics = run_eval(
+        root / "stage2", root / "sim", tasks=["sex", "task_state"], modes=["zero-shot", "lora", "full"],
+        shots=[1], corpus=root / "corpus", descriptors=True, adapt_steps=2, n_boot=20,
+        free_text=False, retrieval=False, **QUIET,
+    )  # fmt: skip
+    m = metrics["tasks"]["sex"]["methods"]
+    assert {"fmrilm zero-shot", "fmrilm zero-shot + descriptors", "fmrilm LoRA K=1 + descriptors",
+            "fmrilm full fine-tuning K=1 + descriptors", "descriptors+LR", "FC+LR"} <= set(m)  # fmt: skip
+    assert "prompt tokens" in m["fmrilm zero-shot + descriptors"]["note"]
+    assert "every weight" in m["fmrilm full fine-tuning K=1 + descriptors"]["note"]
+    assert set(metrics["tasks"]["sex"]["fewshot"]) == {
+        "fmrilm LoRA + descriptors", "fmrilm full fine-tuning + descriptors", "FC few-shot",
+    }  # fmt: skip
+    # task state has several runs per test subject: its intervals resample subjects, so a
+    # constant prediction still gets an interval that is a valid range
+    v, lo, hi = metrics["tasks"]["task_state"]["methods"]["majority"]["metrics"]["accuracy"]
+    assert 0 <= lo <= v <= hi <= 1
+    with pytest.raises(FmrilmError, match="--descriptors needs --corpus"):
+        run_eval(root / "stage2", root / "sim", tasks=["sex"], descriptors=True, **QUIET)
+    with pytest.raises(FmrilmError, match="K=50 but task 'sex' has at most"):
+        run_eval(root / "stage2", root / "sim", tasks=["sex"], modes=["lora"], shots=[50], **QUIET)
+    # full fine-tuning moves backbone weights, then freezes them again; a snapshot undoes it
+    model = FMRILM.from_pretrained(root / "stage2")
+    cohort = Cohort(root / "sim")
+    task = resolve_tasks(cohort, ["sex"])[0]
+    codes = encode_split(model.fmri_tokenizer, cohort, "train")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = _snapshot(model, everything=True)
+    adapt_lora(model, cohort, task, 1, codes, 2, steps=2, full=True)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(not flags[n] for n in moved)  # a frozen backbone weight was tuned
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    _restore(model, before)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_cli_instruct_eval_and_ask(stage2, capsys):
     from fmrilm.cli import main
 
@@ -189,6 +231,15 @@ def test_cli_instruct_eval_and_ask(stage2, capsys):
     assert "not instruction-tuned" in captured.err and "years" in captured.out
     no_data = ["ask", "--model", str(out), "--scan", scan, "--task", "age"]
     assert main(no_data) == 2 and "give --data" in capsys.readouterr().err
+    # the descriptor line from the corpus goes between the scan and the question
+    assert main([*base, "--task", "sex", "--corpus", str(root / "corpus")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("Imaging summary") and captured.out.startswith("Q: ")
+    assert main([*no_data, "--corpus", str(root / "corpus")]) == 2
+    assert "--corpus needs --data" in capsys.readouterr().err
+    assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--tasks", "sex",
+                 "--n-boot", "20", "--quiet", "--no-free-text", "--descriptors"]) == 2  # fmt: skip
+    assert "--descriptors needs --corpus" in capsys.readouterr().err
     assert main(["ask", "--model", str(out), "--scan", "nope.npy", "hi"]) == 2
     assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--mode", "bogus"]) == 2
 

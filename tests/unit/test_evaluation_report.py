@@ -320,3 +320,28 @@ def test_method_entry_turns_scores_into_a_valid_method():
     metrics["tasks"]["sex"]["classes"] = ["a", "b"]
     metrics["tasks"]["sex"]["methods"]["fmrilm zero-shot"] = entry
     validate_metrics(metrics)
+
+
+def test_cluster_bootstrap_resamples_whole_subjects():
+    from fmrilm.evaluation.metrics import score_regression
+
+    rng = np.random.default_rng(0)
+    # 20 subjects x 4 runs; a subject's runs are copies, so they carry one subject's information
+    y = np.repeat(rng.integers(0, 2, 20), 4)
+    pred = np.repeat(rng.integers(0, 2, 20), 4)
+    groups = np.repeat([f"s{i}" for i in range(20)], 4)
+    rows = score_classifier(y, pred, n_boot=400)
+    subjects = score_classifier(y, pred, n_boot=400, groups=groups)
+    once = score_classifier(y[::4], pred[::4], n_boot=400)
+    assert subjects["accuracy"][0] == rows["accuracy"][0] == once["accuracy"][0]
+    width = {k: r["accuracy"][2] - r["accuracy"][1] for k, r in
+             (("rows", rows), ("subjects", subjects), ("once", once))}  # fmt: skip
+    assert width["subjects"] > 1.5 * width["rows"]  # runs are not independent draws
+    assert width["subjects"] == pytest.approx(width["once"], abs=0.1)
+    yr = np.repeat(rng.normal(0, 1, 20), 4)
+    pr = yr + np.repeat(rng.normal(0, 1, 20), 4)
+    a = score_regression(yr, pr, n_boot=300)["r2"]
+    b = score_regression(yr, pr, n_boot=300, groups=groups)["r2"]
+    assert a[0] == b[0] and (b[2] - b[1]) > (a[2] - a[1])
+    with pytest.raises(FmrilmError, match="groups has 3 entries"):
+        score_classifier(y, pred, groups=groups[:3])

@@ -406,3 +406,66 @@ def test_build_examples_is_deterministic_mixed_and_answers_parse_back(cohort):
     assert len(many) == 40 and counts.max() - counts.min() <= 1
     with pytest.raises(FmrilmError, match="multi_question"):
         build_examples(cohort, ["sex"], "train", multi_question=1.5)
+
+
+# -- descriptor lines -------------------------------------------------------------------------
+def _record(within: dict, between: dict | None = None, **extra) -> dict:
+    rec = {f"fc.within.{k}": {"value": 0.5, "z": z} for k, z in within.items()}
+    rec |= {f"fc.between.{k}": {"value": 0.2, "z": z} for k, z in (between or {}).items()}
+    rec |= {k: {"value": 1.0, "z": z} for k, z in extra.items()}
+    return rec
+
+
+def test_descriptor_line_states_signal_descriptors_in_words_only():
+    from fmrilm.instruct import descriptor_line
+    from fmrilm.instruct.prompts import summary_fields
+
+    rec = _record(
+        {"Default": 1.2, "Visual": -0.2, "Somatomotor": float("nan")},
+        {"Default__Visual": -2.5, "Default__Limbic": 0.1},
+        **{"fc.mean": 0.7, "quality.tsnr": 3.0, "task.response.Visual": 9.0},
+    )
+    line = descriptor_line(rec)
+    assert line == (
+        "Imaging summary (vs. training norms): internal coupling per network: Default "
+        "increased, Visual typical; coupling between networks: Default-Visual markedly reduced "
+        "(others typical); mean connectivity slightly increased."
+    )
+    # quality (tells the site), task responses (read the events table) and NaN never enter
+    assert set(summary_fields(rec)) == {
+        "fc.within.Default", "fc.within.Visual", "fc.between.Default__Limbic",
+        "fc.between.Default__Visual", "fc.mean",
+    }  # fmt: skip
+    assert descriptor_line({"quality.tsnr": {"z": 1.0}}) is None
+    assert "all typical" in descriptor_line(_record({}, {"A__B": 0.1}))
+
+
+def test_descriptor_lines_follow_each_scan_and_need_the_corpus(cohort):
+    corpus = FakeCorpus(cohort)
+    tasks = _by_name(resolve_tasks(cohort, None, corpus=corpus))
+    rng = np.random.default_rng(0)
+    row = task_rows(cohort, tasks["sex"], "test").iloc[0]
+    plain = make_example(tasks["sex"], row, rng)
+    ex = make_example(tasks["sex"], row, np.random.default_rng(0), corpus=corpus, describe=True)
+    line = "Imaging summary (vs. training norms): internal coupling per network: "
+    assert ex.segments[-1][1].startswith("\n" + line) and ex.answer == plain.answer
+    assert ex.segments[-1][1].endswith(plain.segments[-1][1].lstrip("\n"))  # question unchanged
+    shots = fewshot_exemplars(cohort, tasks["sex"], 2, rng, exclude_subject=row["subject"])
+    few = make_example(tasks["sex"], row, rng, corpus=corpus, shots=shots, describe=True)
+    texts = [v for k, v in few.segments if k == "text"]
+    assert sum(t.count(line) for t in texts) == len(shots) + 1  # every scan carries its line
+    assert all(t.startswith("\n" + line) and "Answer: " in t for t in texts[1:-1])
+    with pytest.raises(FmrilmError, match="corpus"):
+        make_example(tasks["sex"], row, rng, describe=True)
+    with pytest.raises(FmrilmError, match="descriptor_prob"):
+        build_examples(cohort, ["sex"], "train", descriptor_prob=0.5)
+    some = build_examples(cohort, ["sex", "task_state"], "train", corpus=corpus,
+                          descriptor_prob=0.5)  # fmt: skip
+    with_line = [line in e.segments[-1][1] for e in some]
+    assert 0 < sum(with_line) < len(some)
+    # descriptor_prob=0 leaves the examples exactly as before the option existed
+    kw = {"multi_question": 0.5, "context_prob": 0.5, "seed": 3}
+    assert [e.to_dict() for e in build_examples(cohort, ["sex", "age"], "train", **kw)] == [
+        e.to_dict()
+        for e in build_examples(cohort, ["sex", "age"], "train", descriptor_prob=0.0, **kw)
+    ]

@@ -75,8 +75,11 @@ def linear_probe(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit StandardScaler + a regularised linear model on ``train_mask`` rows, score ``test_mask``.
+
+    ``groups`` (the subject of each test row) makes the bootstrap resample whole subjects.
 
     Classification: ``LogisticRegressionCV`` (C by 5-fold inner CV on balanced accuracy) when
     every training class has at least 5 rows, else a fixed ``LogisticRegression(C=1)``.
@@ -115,7 +118,7 @@ def linear_probe(
         "inner_cv": inner_cv,
     }
     if kind == "regression":
-        out["metrics"] = score_regression(y_test, pred, n_boot=n_boot, seed=seed)
+        out["metrics"] = score_regression(y_test, pred, n_boot=n_boot, seed=seed, groups=groups)
         return out
     # a test class absent from training gets probability 0 (the model cannot predict it)
     trained = np.asarray(model.classes_).tolist()
@@ -124,7 +127,9 @@ def linear_probe(
     proba[:, [classes.index(c) for c in trained]] = model.predict_proba(X[test_mask])
     out["classes"] = classes
     out["proba"] = np.round(proba, 6).tolist()
-    out["metrics"] = score_classifier(y_test, pred, proba, classes, n_boot=n_boot, seed=seed)
+    out["metrics"] = score_classifier(
+        y_test, pred, proba, classes, n_boot=n_boot, seed=seed, groups=groups
+    )
     return out
 
 

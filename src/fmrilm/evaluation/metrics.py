@@ -1,8 +1,11 @@
 """Metrics with bootstrap confidence intervals (resampling test subjects).
 
-Every interval is a 95 % percentile bootstrap over the rows of the test set (one row per test
-subject in every evaluation here), so it describes how much the score would move with another
-draw of test subjects from the same population -- not the variability of training.
+Every interval is a 95 % percentile bootstrap over the test subjects, so it describes how much
+the score would move with another draw of test subjects from the same population -- not the
+variability of training. With one row per subject the rows are resampled; when a subject has
+several rows (scan-level tasks such as task state: one row per run), pass ``groups`` (the
+subject of each row) and whole subjects are resampled with all their rows (a cluster
+bootstrap), since runs of one subject are not independent draws.
 
 Classification predictions may be ``None`` (or NaN): a free-generated answer that could not be
 parsed into a class. Such a prediction is never mapped to a class: :func:`score_classifier`
@@ -34,17 +37,19 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> tuple[float, float, float]:
-    """(point estimate, lower, upper) of ``metric`` with a percentile bootstrap over samples."""
+    """(point estimate, lower, upper) of ``metric`` with a percentile bootstrap over samples
+    (over ``groups`` -- whole subjects -- when given)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     rng = np.random.default_rng(seed)
     n = len(y_true)
     stats = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if len(np.unique(y_true[idx])) < 2 and metric in (balanced_accuracy, f1):
-            continue
-        stats.append(metric(y_true[idx], y_pred[idx]))
+    for block in _resamples(rng, n, n_boot, groups):
+        for idx in block:
+            if len(np.unique(y_true[idx])) < 2 and metric in (balanced_accuracy, f1):
+                continue
+            stats.append(metric(y_true[idx], y_pred[idx]))
     lo, hi = np.percentile(stats, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(metric(y_true, y_pred)), float(lo), float(hi)
 
@@ -92,8 +97,36 @@ CLASSIFICATION = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, 
 REGRESSION = {"r2": r2, "mae": mae, "pearson": pearson}
 
 
+def _resamples(rng: np.random.Generator, n: int, n_boot: int, groups=None):
+    """Bootstrap row-index blocks of shape (resamples, rows).
+
+    Without ``groups``: blocks of i.i.d. row draws (the stream equals one draw per resample).
+    With ``groups`` (one label per row): one resample per block, whole groups drawn with
+    replacement and all their rows taken, so a resample's length varies.
+    """
+    if groups is None:
+        chunk = max(1, _CHUNK_CELLS // max(n, 1))
+        for start in range(0, n_boot, chunk):
+            yield rng.integers(0, n, (min(chunk, n_boot - start), n))
+        return
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise FmrilmError(f"groups has {len(groups)} entries but there are {n} rows")
+    _, codes = np.unique(groups.astype(str), return_inverse=True)
+    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        yield np.concatenate([members[g] for g in pick])[None]
+
+
 def score(
-    kind: str, y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+    kind: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> dict:
     """All metrics of a task kind ('classification' or 'regression'), each as [value, lo, hi].
 
@@ -101,22 +134,30 @@ def score(
     those of :func:`bootstrap_ci`); ``"invalid_rate"`` is added when some prediction is ``None``.
     """
     if kind == "classification":
-        full = score_classifier(y_true, y_pred, n_boot=n_boot, seed=seed)
+        full = score_classifier(y_true, y_pred, n_boot=n_boot, seed=seed, groups=groups)
         out = {name: full[name] for name in CLASSIFICATION}
         if full["invalid_rate"] > 0:
             out["invalid_rate"] = full["invalid_rate"]
         return out
     return {
-        name: [round(v, 4) for v in bootstrap_ci(fn, y_true, y_pred, n_boot=n_boot, seed=seed)]
+        name: [
+            round(v, 4)
+            for v in bootstrap_ci(fn, y_true, y_pred, n_boot=n_boot, seed=seed, groups=groups)
+        ]
         for name, fn in REGRESSION.items()
     }
 
 
 def score_regression(
-    y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> dict:
     """R², MAE and Pearson r, each as [value, lo, hi] (the same as ``score("regression", ...)``)."""
-    return score("regression", y_true, y_pred, n_boot=n_boot, seed=seed)
+    return score("regression", y_true, y_pred, n_boot=n_boot, seed=seed, groups=groups)
 
 
 # --- classification with invalid answers and class probabilities ---------------------------------
@@ -192,6 +233,7 @@ def score_classifier(
     seed: int = 0,
     level: float = 0.95,
     n_bins: int = 10,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every classification metric of one method on one test set.
 
@@ -206,6 +248,9 @@ def score_classifier(
         Optional class probabilities, shape (n, len(classes)), columns in ``classes`` order;
         rows must sum to 1. AUROC and calibration describe these probabilities (the
         top-label confidence and its argmax), independently of ``y_pred``.
+    groups
+        Optional subject of each row: the bootstrap then resamples whole subjects (cluster
+        bootstrap), as a subject's runs are not independent.
     classes
         The class order of ``proba`` columns and of the confusion matrix. Default: the sorted
         labels seen in ``y_true`` and the valid predictions.
@@ -251,10 +296,7 @@ def score_classifier(
         point["auroc"] = _auroc_codes(t[None], proba[None], k)
     boots: dict[str, list[np.ndarray]] = {name: [] for name in point}
     rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_CELLS // n)
-    # (resamples, n) index blocks; drawn in order, so the stream equals one draw per resample
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, (min(chunk, n_boot - start), n))
+    for idx in _resamples(rng, n, n_boot, groups):
         scores = _class_scores(t[idx], p[idx], k)
         if proba is not None:
             scores["auroc"] = _auroc_codes(t[idx], proba[idx], k)

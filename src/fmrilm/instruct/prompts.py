@@ -15,6 +15,13 @@ Text pieces carry their own newlines, so concatenating them with the scan spans 
 prompt. The optional context line states the atlas, TR and paradigm of the query scan and never
 a label: a field that would give away an asked label is left out (the paradigm when the task
 state is asked, the TR and atlas when the site is asked, since sites differ in TR).
+
+The optional descriptor line (:func:`descriptor_line`) summarises the query scan's own imaging
+descriptors from the corpus in the corpus's words -- internal coupling of each network, the
+notable between-network couplings, low-frequency amplitude per network, mean connectivity,
+global efficiency -- each a z-score against the training split's norms, put into words
+(:func:`fmrilm.corpus.text.qualify`). Only signal-derived families enter: never the task family
+(it reads the events table, i.e. the paradigm) nor acquisition quality (which tells the site).
 """
 
 from __future__ import annotations
@@ -165,6 +172,57 @@ def _reveals(text: str, row: pd.Series, tasks: Sequence[Task]) -> bool:
     return False
 
 
+DESCRIPTOR_HEADER = "Imaging summary (vs. training norms): "
+
+
+SUMMARY_PREFIXES = ("fc.within.", "fc.between.", "spectral.alff.")
+SUMMARY_SCALARS = {"fc.mean": "mean connectivity", "graph.global_efficiency": "global efficiency"}
+
+
+def summary_fields(record: dict[str, Any]) -> dict[str, float]:
+    """Descriptor name -> z of the fields the descriptor line states, in its order."""
+    out: dict[str, float] = {}
+    names = [k for p in SUMMARY_PREFIXES for k in sorted(record) if k.startswith(p)]
+    for name in names + list(SUMMARY_SCALARS):
+        z = (record.get(name) or {}).get("z")
+        if isinstance(z, (int, float)) and np.isfinite(z):
+            out[name] = float(z)
+    return out
+
+
+def descriptor_line(record: dict[str, Any]) -> str | None:
+    """The scan's descriptor summary in words (None when the record has none of its fields).
+
+    ``record`` is the scan's corpus record (name -> {"z": ...}). Its words are network names
+    and qualifiers only, so no label can enter it.
+    """
+    from fmrilm.corpus.text import qualify
+
+    fields = summary_fields(record)
+
+    def per_network(prefix: str) -> list[tuple[str, float]]:
+        return [(k[len(prefix) :], z) for k, z in fields.items() if k.startswith(prefix)]
+
+    parts = []
+    within = per_network("fc.within.")
+    if within:
+        listing = ", ".join(f"{net} {qualify(z)}" for net, z in within)
+        parts.append(f"internal coupling per network: {listing}")
+    between = [(p.replace("__", "-"), z) for p, z in per_network("fc.between.")]
+    if between:
+        notable = [f"{pair} {qualify(z)}" for pair, z in between if qualify(z) != "typical"]
+        listing = ", ".join(notable) + " (others typical)" if notable else "all typical"
+        parts.append(f"coupling between networks: {listing}")
+    alff = per_network("spectral.alff.")
+    if alff:
+        listing = ", ".join(f"{net} {qualify(z)}" for net, z in alff)
+        parts.append(f"low-frequency amplitude per network: {listing}")
+    parts += [f"{what} {qualify(fields[k])}" for k, what in SUMMARY_SCALARS.items() if k in fields]
+    if not parts:
+        return None
+    return DESCRIPTOR_HEADER + "; ".join(parts) + "."
+
+
 # ------------------------------------------------------------------------------------------
 # few-shot exemplars
 
@@ -205,6 +263,21 @@ def fewshot_exemplars(
     return picked.iloc[rng.permutation(len(picked))]
 
 
+def max_shots(cohort: Cohort, task: Task) -> int:
+    """The largest K :func:`fewshot_exemplars` can draw for ``task`` (0 without a few-shot form).
+
+    Classification: the fewest training subjects of any class; regression: half the training
+    subjects (it draws ``2K``).
+    """
+    if task.kind == "text" or task.label_from == "corpus_fact":
+        return 0
+    rows = task_rows(cohort, task, "train")
+    if task.kind == "regression":
+        return rows["subject"].nunique() // 2
+    labels = rows.apply(task.label, axis=1)
+    return min(int(rows.loc[labels == value, "subject"].nunique()) for value in task.values)
+
+
 def _check_fewshot_task(task: Task) -> None:
     if task.kind == "text" or task.label_from == "corpus_fact":
         raise FmrilmError(
@@ -224,13 +297,15 @@ def make_example(
     corpus: Any = None,
     context: bool = False,
     shots: pd.DataFrame | None = None,
+    describe: bool = False,
 ) -> InstructionExample:
     """One prompt about the scan of manifest ``row`` asking every task in ``tasks``.
 
     ``rng`` chooses the question phrasings. ``corpus`` (a Corpus, its folder or a CorpusView)
     replaces the corpus of corpus tasks. ``context`` adds the acquisition line. ``shots`` are
     exemplar manifest rows (:func:`fewshot_exemplars`) shown with their answers before the
-    query; few-shot prompts ask a single question.
+    query; few-shot prompts ask a single question. ``describe`` adds each scan's descriptor
+    line (:func:`descriptor_line`, read from ``corpus``) after it.
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     if not tasks:
@@ -238,9 +313,16 @@ def make_example(
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise FmrilmError(f"a prompt asks each task once, got {names}")
-    if corpus is not None:
-        view = as_corpus_view(corpus)
+    view = as_corpus_view(corpus) if corpus is not None else None
+    if view is not None:
         tasks = [replace(t, corpus=view) if t.label_from.startswith("corpus") else t for t in tasks]
+    if describe and view is None:
+        raise FmrilmError("descriptor lines need the corpus (pass --corpus)")
+
+    def summary(scan: str) -> str:
+        line = descriptor_line(view.record(scan)) if describe else None
+        return f"{line}\n" if line else ""
+
     scan_id = row["scan_id"]
     labels = []
     for t in tasks:
@@ -255,7 +337,7 @@ def make_example(
     else:
         question = MULTI_HEADER + "\n" + format_answers(questions)
         answer = format_answers(answers)
-    tail = "\n"
+    tail = "\n" + summary(scan_id)
     if context:
         line = context_line(row, tasks)
         tail += f"{line}\n" if line else ""
@@ -273,6 +355,8 @@ def make_example(
             if shot_label is None:
                 raise FmrilmError(f"exemplar {shot['scan_id']} has no label for {names[0]!r}")
             segments.append(("scan", shot["scan_id"]))
+            line = summary(shot["scan_id"])
+            segments.append(("text", f"\n{line}" if line else ""))
             segments.append(("text", f"{ANSWER_PREFIX}{tasks[0].answer(shot_label)}\n"))
     segments += [("scan", scan_id), ("text", tail)]
     return InstructionExample(
@@ -310,6 +394,7 @@ def build_examples(
     context_prob: float = 0.0,
     seed: int = 0,
     corpus: Any = None,
+    descriptor_prob: float = 0.0,
 ) -> list[InstructionExample]:
     """Instruction examples of ``split`` for every task; deterministic for ``seed``.
 
@@ -317,17 +402,27 @@ def build_examples(
     replacement and cycling through a fresh permutation when more are asked than exist). With
     probability ``multi_question`` an example also asks up to 3 other tasks that label the same
     scan (text tasks are always asked alone); with probability ``context_prob`` it carries the
-    acquisition line. Examples of all tasks are shuffled together, so rest and task scans mix.
+    acquisition line, and with probability ``descriptor_prob`` the scan's descriptor line (needs
+    ``corpus``). Examples of all tasks are shuffled together, so rest and task scans mix.
     Corpus tasks are re-seeded with ``seed``: another seed asks other facts and shows other
     description variants. Evaluate with ``multi_question=0`` so every task is scored on exactly
     its own rows.
     """
-    for name, p in (("multi_question", multi_question), ("context_prob", context_prob)):
+    for name, p in (
+        ("multi_question", multi_question),
+        ("context_prob", context_prob),
+        ("descriptor_prob", descriptor_prob),
+    ):
         if not 0.0 <= p <= 1.0:
             raise FmrilmError(f"{name} must be a probability in [0, 1], got {p}")
     if n_per_task is not None and n_per_task < 1:
         raise FmrilmError(f"n_per_task must be a positive integer, got {n_per_task}")
     view = as_corpus_view(corpus)
+    if descriptor_prob > 0 and view is None:
+        raise FmrilmError(
+            f"descriptor_prob={descriptor_prob} needs the corpus (pass --corpus, or set "
+            "descriptor_prob=0)"
+        )
     if tasks is None:
         tasks = resolve_tasks(cohort, None, view)
     else:
@@ -351,7 +446,12 @@ def build_examples(
                     m = int(rng.integers(1, min(MAX_QUESTIONS - 1, len(others)) + 1))
                     asked += [others[j] for j in rng.choice(len(others), m, replace=False)]
                     asked = [asked[j] for j in rng.permutation(len(asked))]
-            examples.append(make_example(asked, row, rng, context=rng.random() < context_prob))
+            examples.append(
+                make_example(
+                    asked, row, rng, corpus=view, context=rng.random() < context_prob,
+                    describe=descriptor_prob > 0 and rng.random() < descriptor_prob,
+                )
+            )  # fmt: skip
     return [examples[i] for i in rng.permutation(len(examples))]
 
 
@@ -374,8 +474,10 @@ __all__ = [
     "InstructionExample",
     "build_examples",
     "context_line",
+    "descriptor_line",
     "fewshot_exemplars",
     "format_answers",
+    "max_shots",
     "make_example",
     "parse_answers",
 ]

@@ -211,11 +211,14 @@ class FMRILM(nn.Module):
         max_new_tokens: int = 160,
         greedy: bool = True,
         bf16: bool | None = None,
+        summary: str | None = None,
     ) -> str:
         """Free-text answer to ``question`` about one scan (greedy decoding is deterministic).
 
         A stage-2 model was trained on one instruction only ("Describe this brain scan."), so
-        other questions are answered zero-shot from that training.
+        other questions are answered zero-shot from that training. ``summary``: the scan's
+        descriptor line (:func:`fmrilm.instruct.descriptor_line` of its corpus record), put
+        between the scan and the question as in instruction tuning.
         """
         from fmrilm.model.generate import describe_batch
         from fmrilm.runtime import use_bf16
@@ -231,7 +234,7 @@ class FMRILM(nn.Module):
             [codes],
             max_new_tokens,
             greedy,
-            instruction=str(question).strip(),
+            instruction=_with_summary(question, summary),
             bf16=bf16,
             vectors=None if vectors is None else [vectors],
         )[0]
@@ -247,12 +250,13 @@ class FMRILM(nn.Module):
         window: int = 0,
         start: int = 0,
         bf16: bool | None = None,
+        summary: str | None = None,
     ) -> dict[str, float]:
         """Probabilities of closed-set answers to ``question`` (constrained decoding).
 
         Each candidate is scored by the log-likelihood of its tokens after the prompt
         (:func:`fmrilm.model.qa.candidate_logprobs`); the softmax over candidates is returned,
-        most probable first.
+        most probable first. ``summary``: the scan's descriptor line, as in :meth:`ask`.
         """
         from fmrilm.model.qa import candidate_logprobs, render, softmax
         from fmrilm.runtime import use_bf16
@@ -265,7 +269,7 @@ class FMRILM(nn.Module):
             raise FmrilmError("constrained answers need a model with discrete fMRI input")
         if bf16 is None:
             bf16 = use_bf16(self.pretrain_config.bf16, str(self.fmri_embed.weight.device))
-        segments = [("scan", "query"), ("text", "\n" + str(question).strip())]
+        segments = [("scan", "query"), ("text", "\n" + _with_summary(question, summary))]
         prompt = render(self, self.text_tokenizer, segments, {"query": codes}.__getitem__).ids
         p = softmax(candidate_logprobs(self, self.text_tokenizer, prompt, candidates, bf16=bf16))
         order = np.argsort(-p, kind="stable")
@@ -504,3 +508,11 @@ def load_model(directory, device: str = "cpu"):
         model, state, f"{weights}: trainable weights do not match {config.llm} with this config"
     )
     return model.to(device).eval(), text_tok, fmri_tok, config
+
+
+def _with_summary(question: str, summary: str | None) -> str:
+    """``question`` after the descriptor line (the instruction-tuning layout), stripped."""
+    if not str(question).strip():
+        raise FmrilmError("the question is empty")
+    line = str(summary).strip() if summary else ""
+    return (f"{line}\n" if line else "") + str(question).strip()

@@ -42,7 +42,8 @@ import pandas as pd
 
 from fmrilm.errors import FmrilmError
 
-MODES = ("zero-shot", "few-shot", "lora", "probe")
+MODES = ("zero-shot", "few-shot", "lora", "full", "probe")
+FULL_LR = 1e-4  # full fine-tuning: every backbone weight moves, so a 10x smaller step than LoRA
 
 
 class ContextTooLong(FmrilmError):
@@ -61,8 +62,12 @@ def answer_rows(
     bf16: bool = False,
     seed: int = 0,
     batch_size: int = 8,
+    corpus=None,
 ) -> dict[str, Any]:
-    """The model's answers to ``task`` about every row: constrained and (optionally) free."""
+    """The model's answers to ``task`` about every row: constrained and (optionally) free.
+
+    With ``corpus`` (a CorpusView) every scan in the prompt carries its descriptor line.
+    """
     from fmrilm.instruct import fewshot_exemplars, make_example
     from fmrilm.model.qa import answer_free, candidate_logprobs, render, softmax
 
@@ -76,7 +81,9 @@ def answer_rows(
         exemplars = None
         if shots:
             exemplars = fewshot_exemplars(cohort, task, shots, rng, exclude_subject=row["subject"])
-        ex = make_example(task, row, rng, shots=exemplars)
+        ex = make_example(
+            task, row, rng, shots=exemplars, corpus=corpus, describe=corpus is not None
+        )
         prompt = render(model, tok, ex.segments, span_of).ids
         if context and len(prompt) + 16 > context:
             raise ContextTooLong(
@@ -109,7 +116,14 @@ def answer_rows(
 
 
 def answer_multi(
-    model, tasks: list, rows: pd.DataFrame, span_of, *, bf16: bool = False, seed: int = 0
+    model,
+    tasks: list,
+    rows: pd.DataFrame,
+    span_of,
+    *,
+    bf16: bool = False,
+    seed: int = 0,
+    corpus=None,
 ) -> dict[str, Any]:
     """All ``tasks`` asked in one prompt per row ("1. ... 2. ..."), answered in order.
 
@@ -127,7 +141,7 @@ def answer_multi(
     out = {t.name: {"y_true": [], "y_pred": [], "proba": []} for t in tasks}
     t0 = time.perf_counter()
     for _, row in rows.iterrows():
-        ex = make_example(tasks, row, rng)
+        ex = make_example(tasks, row, rng, corpus=corpus, describe=corpus is not None)
         prompt = render(model, tok, ex.segments, span_of).ids
         written = ""
         for i, name in enumerate(ex.tasks):
@@ -164,8 +178,15 @@ def adapt_lora(
     steps: int = 30,
     seed: int = 0,
     bf16: bool = False,
+    corpus=None,
+    full: bool = False,
 ) -> dict[str, Any]:
     """Tune ``model``'s trainable weights in place on K training subjects per class of ``task``.
+
+    With ``corpus`` (a CorpusView) the prompts carry the descriptor line, as at evaluation.
+    ``full`` tunes every weight of the backbone too (full fine-tuning, learning rate
+    ``FULL_LR``) instead of the LoRA adapters and fMRI tables alone; the frozen weights are
+    frozen again afterwards.
 
     The caller restores the weights afterwards (:func:`_snapshot` / :func:`_restore`).
     Returns the subjects used and the training history.
@@ -179,20 +200,32 @@ def adapt_lora(
 
     rng = np.random.default_rng([seed, k])
     rows = fewshot_exemplars(cohort, task, k, rng, exclude_subject=None)
-    examples = [make_example(task, row, rng) for _ in range(3) for _, row in rows.iterrows()]
+    examples = [
+        make_example(task, row, rng, corpus=corpus, describe=corpus is not None)
+        for _ in range(3)
+        for _, row in rows.iterrows()
+    ]
     config = InstructConfig(
         tasks=[task.name], steps=steps, batch_size=min(4, len(examples)), warmup=2,
         span_patches=span_patches, replay_weight=0.0, fewshot_prob=0.0, multi_question=0.0,
-        context_prob=0.0, lr=1e-3, log_every=steps, ckpt_every=steps,
-        bf16="on" if bf16 else "off", seed=seed,
+        context_prob=0.0, descriptor_prob=0.0, lr=FULL_LR if full else 1e-3,
+        log_every=steps, ckpt_every=steps, bf16="on" if bf16 else "off", seed=seed,
     )  # fmt: skip
     sampler = instruct_sampler(
         config, model, model.text_tokenizer, cohort, [task], examples, codes, []
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = train_joint(
-            model, model.text_tokenizer, [], [], config, tmp, sampler=sampler, log=lambda s: None
-        )
+    frozen = [p for p in model.parameters() if not p.requires_grad] if full else []
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train_joint(
+                model, model.text_tokenizer, [], [], config, tmp, sampler=sampler,
+                log=lambda s: None,
+            )  # fmt: skip
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     model.eval()
     return {"subjects": sorted(rows["subject"].tolist()), "history": summary["history"]}
 
@@ -209,8 +242,11 @@ def _curve(task, shots: list[int], scores: list[dict]) -> dict[str, Any]:
     }
 
 
-def _snapshot(model) -> dict[str, Any]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def _snapshot(model, everything: bool = False) -> dict[str, Any]:
+    """Copies of the trainable weights (``everything``: of all weights)."""
+    return {
+        n: p.detach().clone() for n, p in model.named_parameters() if everything or p.requires_grad
+    }
 
 
 def _restore(model, snapshot: dict[str, Any]) -> None:
@@ -222,8 +258,17 @@ def _restore(model, snapshot: dict[str, Any]) -> None:
                 p.copy_(snapshot[n])
 
 
-def _score(task, y_true, y_pred, proba=None, *, n_boot: int, fill=None) -> dict[str, Any]:
-    """Metrics of one method; regression predictions that are None take ``fill``."""
+def _groups(rows: pd.DataFrame) -> np.ndarray | None:
+    """The subject of each row when a subject has several (cluster bootstrap), else None."""
+    subjects = rows["subject"].to_numpy()
+    return subjects if len(set(subjects)) < len(subjects) else None
+
+
+def _score(
+    task, y_true, y_pred, proba=None, *, n_boot: int, fill=None, groups=None
+) -> dict[str, Any]:
+    """Metrics of one method; regression predictions that are None take ``fill``; ``groups``
+    (:func:`_groups`) makes the bootstrap resample subjects."""
     from fmrilm.evaluation.metrics import invalid_rate, score_classifier, score_regression
 
     if task.kind == "classification":
@@ -232,10 +277,12 @@ def _score(task, y_true, y_pred, proba=None, *, n_boot: int, fill=None) -> dict[
         classes += sorted({v for v in y_true if v not in classes}, key=str)
         if proba is not None and len(classes) > len(task.values):
             proba = np.hstack([proba, np.zeros((len(proba), len(classes) - len(task.values)))])
-        return score_classifier(y_true, y_pred, proba, classes=classes, n_boot=n_boot)
+        return score_classifier(
+            y_true, y_pred, proba, classes=classes, n_boot=n_boot, groups=groups
+        )
     bad = invalid_rate(y_pred)
     pred = np.array([fill if p is None else p for p in y_pred], dtype=float)
-    res = score_regression(np.asarray(y_true, dtype=float), pred, n_boot=n_boot)
+    res = score_regression(np.asarray(y_true, dtype=float), pred, n_boot=n_boot, groups=groups)
     if bad:
         res["invalid_rate"] = bad
     return res
@@ -249,14 +296,18 @@ def _label_rows(cohort, task, split: str) -> pd.DataFrame:
     return rows[rows["_label"].notna()]
 
 
-def _baselines(cohort, task, train_rows, test_rows, *, n_boot: int, shots: Sequence[int]):
-    """Majority, FC + linear model and (few-shot) FC curve on the same rows; + notes."""
+def _baselines(
+    cohort, task, train_rows, test_rows, *, n_boot: int, shots: Sequence[int], corpus=None
+):
+    """Majority, FC + linear model, (few-shot) FC curve and, with ``corpus`` (a CorpusView), a
+    linear model on the descriptor values of the descriptor line -- all on the same rows."""
     from fmrilm.evaluation.baselines import fc_features, fewshot_curve, linear_probe
     from fmrilm.evaluation.metrics import score_classifier, score_regression
 
     methods, notes, curves = {}, [], {}
     y_train = train_rows["_label"].to_numpy()
     y_test = test_rows["_label"].tolist()
+    groups = _groups(test_rows)
     if task.kind == "classification":
         values, counts = np.unique(
             np.asarray(y_train, dtype=object).astype(str), return_counts=True
@@ -264,12 +315,13 @@ def _baselines(cohort, task, train_rows, test_rows, *, n_boot: int, shots: Seque
         top = values[np.argmax(counts)]
         guess = next(v for v in task.values if str(v) == top)
         res = score_classifier(
-            y_test, [guess] * len(y_test), classes=list(task.values), n_boot=n_boot
-        )
+            y_test, [guess] * len(y_test), classes=list(task.values), n_boot=n_boot,
+            groups=groups,
+        )  # fmt: skip
     else:
         guess = float(np.mean(y_train.astype(float)))
         res = score_regression(
-            np.asarray(y_test, float), np.full(len(y_test), guess), n_boot=n_boot
+            np.asarray(y_test, float), np.full(len(y_test), guess), n_boot=n_boot, groups=groups
         )
     methods["majority" if task.kind == "classification" else "training mean"] = (res, "baseline")
     both = pd.concat([train_rows, test_rows])
@@ -278,8 +330,16 @@ def _baselines(cohort, task, train_rows, test_rows, *, n_boot: int, shots: Seque
     y = both["_label"].to_numpy()
     if task.kind == "regression":
         y = y.astype(float)
-    fc = linear_probe(X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot)
+    fc = linear_probe(X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups)
     methods["FC+LR" if task.kind == "classification" else "FC+ridge"] = (fc, "baseline")
+    if corpus is not None:
+        D = descriptor_features(corpus, both)
+        if D.shape[1]:
+            res = linear_probe(
+                D, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups
+            )
+            name = "descriptors+LR" if task.kind == "classification" else "descriptors+ridge"
+            methods[name] = (res, "baseline")
     if shots and task.kind in ("classification", "regression"):
         lab = both.assign(**{task.name: y})
         try:
@@ -311,8 +371,9 @@ def _oracle(cohort, task, test_rows, *, n_boot: int):
         known = {str(v) for v in task.values}
         pred = [p if p in known else None for p in pred]
         return score_classifier(
-            test_rows["_label"].tolist(), pred, classes=list(task.values), n_boot=n_boot
-        )
+            test_rows["_label"].tolist(), pred, classes=list(task.values), n_boot=n_boot,
+            groups=_groups(test_rows),
+        )  # fmt: skip
     return None
 
 
@@ -356,11 +417,18 @@ def run_eval(
     multi_question: bool = False,
     baselines: bool = True,
     retrieval: bool = True,
+    descriptors: bool = False,
     bf16: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Evaluate a stage-2/3 model on ``split``; returns the report-schema metrics dict."""
+    """Evaluate a stage-2/3 model on ``split``; returns the report-schema metrics dict.
+
+    ``descriptors`` (needs ``corpus``) adds each scan's descriptor line to the prompts: zero-shot
+    is then scored both ways (fMRI tokens alone, and "+ descriptors"), the other fmrilm modes
+    with the line. With a corpus, the baselines include a linear model on the same descriptor
+    values the line puts into words.
+    """
     from tqdm.auto import tqdm
 
     from fmrilm.checkpoint import versions
@@ -368,6 +436,8 @@ def run_eval(
     from fmrilm.data.cohort import Cohort
     from fmrilm.evaluation.report import method_entry, write_report
     from fmrilm.instruct import resolve_tasks
+    from fmrilm.instruct.prompts import max_shots
+    from fmrilm.instruct.tasks import as_corpus_view
     from fmrilm.model.fusion import FMRILM
     from fmrilm.recipes.instruct import encode_split, scan_span
     from fmrilm.runtime import use_bf16
@@ -376,7 +446,7 @@ def run_eval(
     if bad or not modes:
         raise FmrilmError(f"--mode must be among {', '.join(MODES)}, got {bad or 'nothing'}")
     shots = sorted({int(k) for k in shots})
-    if ({"few-shot", "lora"} & set(modes)) and (not shots or min(shots) < 1):
+    if ({"few-shot", "lora", "full"} & set(modes)) and (not shots or min(shots) < 1):
         raise FmrilmError(f"--shots must be positive integers, got {shots}")
     if max_rows is not None and max_rows < 2:
         raise FmrilmError(f"--max-scans must be at least 2, got {max_rows}")
@@ -388,6 +458,11 @@ def run_eval(
     if not (cohort.manifest["split"] == split).any():
         raise FmrilmError(f"{cohort.root}: the {split!r} split is empty")
     corpus_obj = Corpus(corpus) if corpus is not None else None
+    if descriptors and corpus_obj is None:
+        raise FmrilmError("--descriptors needs --corpus (the scans' descriptor records)")
+    view = as_corpus_view(corpus_obj) if corpus_obj is not None else None
+    described = view if descriptors else None  # the corpus the fmrilm prompts read lines from
+    sfx = " + descriptors" if descriptors else ""
     task_objs = [t for t in resolve_tasks(cohort, list(tasks) if tasks else None, corpus_obj)]
     text_tasks = [t.name for t in task_objs if t.kind == "text"]
     task_objs = [t for t in task_objs if t.kind != "text"]
@@ -404,6 +479,14 @@ def run_eval(
     span_patches = int(instruct.get("config", {}).get("span_patches", 0)) or (
         model.pretrain_config.span_patches
     )
+    if {"few-shot", "lora", "full"} & set(modes):  # K too large: an error before any work
+        for task in task_objs:
+            most = max_shots(cohort, task)
+            if task.label_from != "corpus_fact" and max(shots) > most:
+                raise FmrilmError(
+                    f"--shots K={max(shots)} but task {task.name!r} has at most {most} training "
+                    "subjects per class (regression: half its training subjects)"
+                )
     log(f"encoding the scans of {cohort.root} ...")
     codes = encode_split(model.fmri_tokenizer, cohort, None, progress=progress)
 
@@ -419,6 +502,7 @@ def run_eval(
             keep = np.linspace(0, len(test_rows) - 1, max_rows).round().astype(int)
             test_rows = test_rows.iloc[np.unique(keep)]
         train_rows = _label_rows(cohort, task, "train")
+        groups = _groups(test_rows)
         methods: dict[str, Any] = {}
         curves: dict[str, Any] = {}
         zs_note = None
@@ -430,19 +514,43 @@ def run_eval(
             else None
         )
         if "zero-shot" in modes:
-            ans = answer_rows(model, task, test_rows, span_of, free_text=free_text, bf16=bf16)
-            answered += len(test_rows)
-            answer_seconds += ans["seconds"]
-            res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
-            methods["fmrilm zero-shot"] = method_entry(res, "fmrilm", note=zs_note)
-            if free_text:
-                res = _score(task, ans["y_true"], ans["free_pred"], n_boot=n_boot, fill=fill)
-                note = "greedy generation parsed by the task; invalid answers counted wrong"
-                if task.kind == "regression":
-                    note = "greedy generation parsed as a number; invalid answers take the training mean"
-                methods["fmrilm free text"] = method_entry(res, "fmrilm", note=note)
+            for name, corp in [("fmrilm zero-shot", None)] + (
+                [(f"fmrilm zero-shot{sfx}", described)] if descriptors else []
+            ):
+                ans = answer_rows(
+                    model, task, test_rows, span_of, free_text=free_text, bf16=bf16, corpus=corp
+                )
+                answered += len(test_rows)
+                answer_seconds += ans["seconds"]
+                res = _score(
+                    task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot, groups=groups
+                )
+                note = (
+                    zs_note
+                    if corp is None
+                    else "; ".join(
+                        x
+                        for x in (zs_note, f"{ans['prompt_tokens']} prompt tokens on average")
+                        if x
+                    )
+                )
+                methods[name] = method_entry(res, "fmrilm", note=note)
+                if free_text:
+                    res = _score(
+                        task,
+                        ans["y_true"],
+                        ans["free_pred"],
+                        n_boot=n_boot,
+                        fill=fill,
+                        groups=groups,
+                    )
+                    note = "greedy generation parsed by the task; invalid answers counted wrong"
+                    if task.kind == "regression":
+                        note = "greedy generation parsed as a number; invalid answers take the training mean"
+                    free = "fmrilm free text" + (sfx if corp is not None else "")
+                    methods[free] = method_entry(res, "fmrilm", note=note)
         fewshot_form = task.label_from != "corpus_fact"
-        if not fewshot_form and {"few-shot", "lora"} & set(modes):
+        if not fewshot_form and {"few-shot", "lora", "full"} & set(modes):
             notes.append(f"{task.name}: no few-shot form (the question differs per scan)")
         if "few-shot" in modes and fewshot_form:
             values, fitted = [], []
@@ -450,42 +558,59 @@ def run_eval(
                 try:
                     ans = answer_rows(
                         model, task, test_rows, span_of, cohort=cohort, shots=k,
-                        free_text=False, bf16=bf16, seed=k,
+                        free_text=False, bf16=bf16, seed=k, corpus=described,
                     )  # fmt: skip
                 except ContextTooLong as exc:
                     notes.append(f"in-context K>={k} skipped: {exc}")
                     break
                 fitted.append(k)
-                res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
-                methods[f"fmrilm in-context K={k}"] = method_entry(
+                res = _score(
+                    task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot, groups=groups
+                )
+                methods[f"fmrilm in-context K={k}{sfx}"] = method_entry(
                     res, "fmrilm", note=f"{ans['prompt_tokens']} prompt tokens on average"
                 )
                 values.append(res)
             if values:
-                curves["fmrilm in-context"] = _curve(task, fitted, values)
-        if "lora" in modes and fewshot_form:
-            values = []
-            snapshot = _snapshot(model)
+                curves[f"fmrilm in-context{sfx}"] = _curve(task, fitted, values)
+        for mode, label in (("lora", "LoRA"), ("full", "full fine-tuning")):
+            if mode not in modes or not fewshot_form:
+                continue
+            values, fitted = [], []
+            snapshot = _snapshot(model, everything=mode == "full")
             try:
                 for k in shots:
                     adapted = adapt_lora(
-                        model, cohort, task, k, codes, span_patches, steps=adapt_steps, bf16=bf16
-                    )
+                        model, cohort, task, k, codes, span_patches, steps=adapt_steps,
+                        bf16=bf16, corpus=described, full=mode == "full",
+                    )  # fmt: skip
                     ans = answer_rows(
-                        model, task, test_rows, span_of, free_text=False, bf16=bf16, seed=k
+                        model, task, test_rows, span_of, free_text=False, bf16=bf16, seed=k,
+                        corpus=described,
+                    )  # fmt: skip
+                    res = _score(
+                        task,
+                        ans["y_true"],
+                        ans["y_pred"],
+                        ans["proba"],
+                        n_boot=n_boot,
+                        groups=groups,
                     )
-                    res = _score(task, ans["y_true"], ans["y_pred"], ans["proba"], n_boot=n_boot)
-                    methods[f"fmrilm LoRA K={k}"] = method_entry(
+                    what = "every weight" if mode == "full" else "LoRA"
+                    methods[f"fmrilm {label} K={k}{sfx}"] = method_entry(
                         res,
                         "fmrilm",
-                        note=f"LoRA tuned {adapt_steps} steps on {len(adapted['subjects'])} "
+                        note=f"{what} tuned {adapt_steps} steps on {len(adapted['subjects'])} "
                         "training subjects",
                     )
                     values.append(res)
+                    fitted.append(k)
                     _restore(model, snapshot)
             finally:
                 _restore(model, snapshot)
-            curves["fmrilm LoRA"] = _curve(task, shots, values)
+                del snapshot
+            if values:
+                curves[f"fmrilm {label}{sfx}"] = _curve(task, fitted, values)
         if "probe" in modes:
             methods["fmrilm tokenizer probe"] = method_entry(
                 _embedding_probe(
@@ -497,7 +622,7 @@ def run_eval(
         if baselines:
             base, base_curves, base_notes = _baselines(
                 cohort, task, train_rows, test_rows, n_boot=n_boot,
-                shots=shots if {"few-shot", "lora"} & set(modes) else (),
+                shots=shots if {"few-shot", "lora", "full"} & set(modes) else (), corpus=view,
             )  # fmt: skip
             for name, (res, group) in base.items():
                 methods[name] = method_entry(res, group)
@@ -519,7 +644,8 @@ def run_eval(
                 "(constrained scoring)"
             )
         notes += _multi_question(model, cohort, task_objs, split, result_tasks, span_of,
-                                 max_rows=max_rows, n_boot=n_boot, bf16=bf16)  # fmt: skip
+                                 max_rows=max_rows, n_boot=n_boot, bf16=bf16,
+                                 corpus=described)  # fmt: skip
     metrics: dict[str, Any] = {
         "title": f"fmrilm evaluation: {Path(model_dir).name} on {cohort.root.name} ({split})",
         "model": str(model_dir),
@@ -557,7 +683,7 @@ def run_eval(
 
 
 def _multi_question(
-    model, cohort, tasks, split, result_tasks, span_of, *, max_rows, n_boot, bf16
+    model, cohort, tasks, split, result_tasks, span_of, *, max_rows, n_boot, bf16, corpus=None
 ) -> list[str]:
     """Subject-level column tasks asked together: one entry per task, and the time saved."""
     from fmrilm.evaluation.report import method_entry
@@ -571,11 +697,14 @@ def _multi_question(
         rows = r if rows is None else rows[rows["scan_id"].isin(r["scan_id"])]
     if max_rows is not None and len(rows) > max_rows:
         rows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_rows).round().astype(int))]
-    res = answer_multi(model, group, rows, span_of, bf16=bf16)
+    res = answer_multi(model, group, rows, span_of, bf16=bf16, corpus=corpus)
     for t in group:
         r = res[t.name]
-        scores = _score(t, r["y_true"], r["y_pred"], np.array(r["proba"]), n_boot=n_boot)
-        result_tasks[t.name]["methods"]["fmrilm multi-question"] = method_entry(
+        scores = _score(
+            t, r["y_true"], r["y_pred"], np.array(r["proba"]), n_boot=n_boot, groups=_groups(rows)
+        )
+        name = "fmrilm multi-question" + (" + descriptors" if corpus is not None else "")
+        result_tasks[t.name]["methods"][name] = method_entry(
             scores,
             "fmrilm",
             note=f"all of {', '.join(x.name for x in group)} asked in one prompt "
@@ -586,6 +715,17 @@ def _multi_question(
         f"multi-question: {len(group)} questions per prompt took {per:.2f} s per scan "
         f"({per / len(group):.2f} s per answer; constrained scoring)"
     ]
+
+
+def descriptor_features(corpus, rows: pd.DataFrame) -> np.ndarray:
+    """(n_rows, n_fields) z-values of the descriptor line's fields (0 where a scan lacks one)."""
+    from fmrilm.instruct.prompts import summary_fields
+
+    fields = [summary_fields(corpus.record(s)) for s in rows["scan_id"]]
+    names = sorted({k for f in fields for k in f})
+    return np.array([[f.get(k, 0.0) for k in names] for f in fields], dtype=float).reshape(
+        len(rows), len(names)
+    )
 
 
 def scan_embeddings(fmri_tok, cohort, rows: pd.DataFrame, cache: dict | None = None) -> np.ndarray:
@@ -610,4 +750,6 @@ def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int,
     if task.kind == "regression":
         y = y.astype(float)
     train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
-    return linear_probe(X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot)
+    return linear_probe(
+        X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=_groups(test_rows)
+    )

@@ -95,7 +95,11 @@ def instruct_sampler(
                     shots = fewshot_exemplars(
                         cohort, task, config.fewshot_k, rng, exclude_subject=row["subject"]
                     )
-                    ex = make_example(task, row, rng, corpus=corpus, shots=shots)
+                    described = corpus is not None and config.descriptor_prob > 0
+                    ex = make_example(
+                        task, row, rng, corpus=corpus, shots=shots,
+                        describe=described and rng.random() < config.descriptor_prob,
+                    )  # fmt: skip
                 except FmrilmError:
                     pass  # too few training subjects in some class: keep the zero-shot form
             item = render(model, tokenizer, ex.segments, span_of, answer=ex.answer)
@@ -126,6 +130,7 @@ def run_instruct(
     from fmrilm.corpus.build import Corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.instruct import build_examples, resolve_tasks
+    from fmrilm.instruct.tasks import as_corpus_view
     from fmrilm.io import digest_ids, sha256_file, write_json
     from fmrilm.model.fusion import FMRILM, save_model
     from fmrilm.recipes.pretrain import start_run, train_joint
@@ -139,6 +144,12 @@ def run_instruct(
     model.to(dev)  # the LoRA adapters and fMRI tables stay trainable; train_joint sets train()
     cohort = Cohort(data)
     corpus_obj = Corpus(corpus) if corpus is not None else None
+    if config.descriptor_prob > 0 and corpus_obj is None:
+        raise FmrilmError(
+            f"descriptor_prob={config.descriptor_prob} needs --corpus (the scans' descriptor "
+            "records); pass --corpus or set descriptor_prob=0"
+        )
+    corpus_view = as_corpus_view(corpus_obj)
     names = list(config.tasks) or None
     tasks = resolve_tasks(cohort, names, corpus_obj)
     held = set(config.held_out_tasks)
@@ -157,7 +168,8 @@ def run_instruct(
         multi_question=config.multi_question,
         context_prob=config.context_prob,
         seed=config.seed,
-        corpus=corpus_obj,
+        corpus=corpus_view,
+        descriptor_prob=config.descriptor_prob,
     )
     codes = encode_split(model.fmri_tokenizer, cohort, "train", progress=progress)
     replay: list[str] = []
@@ -167,7 +179,7 @@ def run_instruct(
         replay = load_replay("train")
     log(f"{len(examples)} instruction examples from {len(codes)} training scans")
     sampler = instruct_sampler(
-        config, model, model.text_tokenizer, cohort, tasks, examples, codes, replay, corpus_obj
+        config, model, model.text_tokenizer, cohort, tasks, examples, codes, replay, corpus_view
     )
     inputs = {
         "model_sha256": sha256_file(Path(model_dir) / "trainable.safetensors"),
