@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--config", type=Path, help="YAML file of settings")
     ins.add_argument("--quiet", action="store_true", help="no progress bar")
     ins.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ins.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard the frozen backbone across processes (large backbones)",
+    )
     ins.add_argument("overrides", nargs="*", metavar="key=value")
     ins.set_defaults(command="run")
 
@@ -580,7 +585,7 @@ def cmd_instruct(args: argparse.Namespace) -> int:
     config = load_config(InstructConfig, args.config, overrides)
     run_instruct(
         args.model, args.data, args.out, config, corpus=args.corpus, progress=not args.quiet,
-        device=args.device,
+        device=args.device, fsdp=args.fsdp,
     )  # fmt: skip
     return 0
 

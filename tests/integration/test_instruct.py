@@ -214,6 +214,9 @@ def test_cli_instruct_eval_and_ask(stage2, capsys):
     argv = ["instruct", "--model", str(root / "stage2"), "--data", str(root / "sim"),
             "--corpus", str(root / "corpus"), "--out", str(out), "--tasks", "sex,task_state",
             "--quiet", "steps=2", "batch_size=2", "span_patches=2", "bf16=off", "warmup=1"]  # fmt: skip
+    fsdp = [*argv[:-5], "--fsdp", "steps=1", "batch_size=2", "bf16=off"]
+    fsdp[fsdp.index("--out") + 1] = str(root / "cli_fsdp")
+    assert main(fsdp) == 2 and "start with torchrun" in capsys.readouterr().err
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["eval", "--model", str(out), "--data", str(root / "sim"), "--tasks", "sex",

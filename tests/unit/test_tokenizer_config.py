@@ -148,3 +148,18 @@ def test_exponent_floats_without_a_dot_are_read_as_numbers(tmp_path):
     assert load_config(TokenizerConfig, path).lr == 2e-4
     with pytest.raises(FmrilmError, match="lr"):
         load_config(TokenizerConfig, overrides=["lr=fast"])
+
+
+@pytest.mark.parametrize(
+    "name, cls_name",
+    [("tokenizer", "TokenizerConfig"), ("pretrain", "PretrainConfig"),
+     ("instruct", "InstructConfig")],
+)  # fmt: skip
+def test_documented_default_configs_equal_the_code_defaults(name, cls_name):
+    from pathlib import Path
+
+    import fmrilm.config as config
+
+    cls = getattr(config, cls_name)
+    path = Path(__file__).resolve().parents[2] / "configs" / name / "default.yaml"
+    assert config.load_config(cls, path, []) == cls()

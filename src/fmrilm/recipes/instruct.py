@@ -124,9 +124,13 @@ def run_instruct(
     *,
     progress: bool = True,
     device: str = "auto",
+    fsdp: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """``fmrilm instruct``: instruction-tune the stage-2 model in ``model_dir`` into ``out``."""
+    """``fmrilm instruct``: instruction-tune the stage-2 model in ``model_dir`` into ``out``.
+
+    ``fsdp`` (under torchrun): shard the frozen backbone across the processes, as in stage 2.
+    """
     from fmrilm.corpus.build import Corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.instruct import build_examples, resolve_tasks
@@ -190,7 +194,7 @@ def run_instruct(
         inputs["corpus_sha256"] = sha256_file(Path(corpus) / "corpus.json")
     summary = train_joint(
         model, model.text_tokenizer, [], replay, config, out, inputs=inputs, sampler=sampler,
-        progress=progress, log=log, desc="stage 3",
+        progress=progress, fsdp=fsdp, log=log, desc="stage 3",
     )  # fmt: skip
     summary.update(seconds=round(time.perf_counter() - t0, 1), processes=world, inputs=inputs)
     if rank == 0:
