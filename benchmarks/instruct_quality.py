@@ -171,6 +171,24 @@ def main(argv=None) -> int:
         return out
 
     lora = part("lora", lambda: adapted("lora", [int(k) for k in names(args.lora_shots)]))
+
+    def fc_curves() -> dict:
+        """The FC few-shot baseline at every K of the LoRA curve (same rows as the eval)."""
+        from fmrilm.data.cohort import Cohort
+        from fmrilm.instruct import resolve_tasks
+        from fmrilm.instruct.prompts import max_shots
+        from fmrilm.recipes.evaluate import fc_fewshot_curve
+
+        cohort = Cohort(args.data)
+        out: dict = {"tasks": {}, "notes": []}
+        for task in resolve_tasks(cohort, names(args.lora_tasks), None):
+            ks = [int(k) for k in names(args.lora_shots) if int(k) <= max_shots(cohort, task)]
+            curve, notes = fc_fewshot_curve(cohort, task, ks, max_rows=args.max_scans)
+            out["tasks"][task.name] = {"fewshot": {"FC few-shot": curve}} if curve else {}
+            out["notes"] += notes
+        return out
+
+    fc = part("fc_fewshot", fc_curves)
     full_shots = [int(k) for k in names(args.full_shots)]
     full = part("full", lambda: adapted("full", full_shots)) if full_shots else {"tasks": {}}
     summary = {}
@@ -218,7 +236,7 @@ def main(argv=None) -> int:
         "fewshot_curves": {
             name: {
                 curve: values
-                for r in (tuned, long_ctx, lora, full)
+                for r in (tuned, long_ctx, lora, full, fc)
                 for curve, values in r["tasks"].get(name, {}).get("fewshot", {}).items()
             }
             for name in tasks

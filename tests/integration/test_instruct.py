@@ -166,7 +166,13 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
 
 def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
     from fmrilm.instruct import resolve_tasks
-    from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_lora, run_eval
+    from fmrilm.recipes.evaluate import (
+        _restore,
+        _snapshot,
+        adapt_lora,
+        fc_fewshot_curve,
+        run_eval,
+    )
     from fmrilm.recipes.instruct import encode_split
 
     root = stage2
@@ -183,6 +189,10 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
     assert set(metrics["tasks"]["sex"]["fewshot"]) == {
         "fmrilm LoRA + descriptors", "fmrilm full fine-tuning + descriptors", "FC few-shot",
     }  # fmt: skip
+    alone, _ = fc_fewshot_curve(
+        Cohort(root / "sim"), resolve_tasks(Cohort(root / "sim"), ["sex"])[0], [1]
+    )
+    assert alone == metrics["tasks"]["sex"]["fewshot"]["FC few-shot"]  # same rows, same curve
     # task state has several runs per test subject: its intervals resample subjects, so a
     # constant prediction still gets an interval that is a valid range
     v, lo, hi = metrics["tasks"]["task_state"]["methods"]["majority"]["metrics"]["accuracy"]

@@ -288,6 +288,25 @@ def _score(
     return res
 
 
+def eval_rows(cohort, task, split: str, max_rows: int | None = None) -> pd.DataFrame:
+    """The labelled rows of ``split`` that ``run_eval`` asks about (``max_rows`` evenly spaced)."""
+    rows = _label_rows(cohort, task, split)
+    if max_rows is not None and len(rows) > max_rows:
+        keep = np.linspace(0, len(rows) - 1, max_rows).round().astype(int)
+        rows = rows.iloc[np.unique(keep)]
+    return rows
+
+
+def fc_fewshot_curve(
+    cohort, task, shots: Sequence[int], *, split: str = "test", max_rows: int | None = None
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The FC few-shot baseline curve alone (as in ``run_eval``'s baselines), and its notes."""
+    test_rows = eval_rows(cohort, task, split, max_rows)
+    train_rows = _label_rows(cohort, task, "train")
+    _, curves, notes = _baselines(cohort, task, train_rows, test_rows, n_boot=10, shots=shots)
+    return curves.get("FC few-shot"), notes
+
+
 def _label_rows(cohort, task, split: str) -> pd.DataFrame:
     from fmrilm.instruct import task_rows
 
@@ -497,10 +516,7 @@ def run_eval(
     embeddings: dict[str, np.ndarray] = {}  # tokenizer scan vectors, shared by probe tasks
     answered, answer_seconds = 0, 0.0
     for task in tqdm(task_objs, desc="tasks", disable=not progress):
-        test_rows = _label_rows(cohort, task, split)
-        if max_rows is not None and len(test_rows) > max_rows:
-            keep = np.linspace(0, len(test_rows) - 1, max_rows).round().astype(int)
-            test_rows = test_rows.iloc[np.unique(keep)]
+        test_rows = eval_rows(cohort, task, split, max_rows)
         train_rows = _label_rows(cohort, task, "train")
         groups = _groups(test_rows)
         methods: dict[str, Any] = {}
