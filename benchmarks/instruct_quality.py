@@ -191,6 +191,24 @@ def main(argv=None) -> int:
     fc = part("fc_fewshot", fc_curves)
     full_shots = [int(k) for k in names(args.full_shots)]
     full = part("full", lambda: adapted("full", full_shots)) if full_shots else {"tasks": {}}
+
+    def merged_curves(name: str) -> dict:
+        """Each curve of ``name`` over all parts, its points merged by K (later parts win)."""
+        out: dict = {}
+        for r in (tuned, long_ctx, lora, full, fc):
+            for curve, c in r["tasks"].get(name, {}).get("fewshot", {}).items():
+                points = out.setdefault(curve, {"metric": c["metric"], "at": {}})["at"]
+                for i, k in enumerate(c["k"]):
+                    points[k] = [c[f][i] for f in ("value", "lo", "hi")]
+        return {
+            curve: {"k": sorted(v["at"]), "metric": v["metric"]}
+            | {
+                f: [v["at"][k][j] for k in sorted(v["at"])]
+                for j, f in enumerate(("value", "lo", "hi"))
+            }
+            for curve, v in out.items()
+        }
+
     summary = {}
     for name in tasks:
         if name not in tuned["tasks"]:
@@ -233,14 +251,7 @@ def main(argv=None) -> int:
             "lora": lora.get("seconds"),
             "full": full.get("seconds"),
         },  # fmt: skip
-        "fewshot_curves": {
-            name: {
-                curve: values
-                for r in (tuned, long_ctx, lora, full, fc)
-                for curve, values in r["tasks"].get(name, {}).get("fewshot", {}).items()
-            }
-            for name in tasks
-        },
+        "fewshot_curves": {name: merged_curves(name) for name in tasks},
         "notes": sorted(
             {n for r in (strict, tuned, long_ctx, lora, full) for n in r.get("notes", [])}
         ),
