@@ -301,10 +301,13 @@ def fc_fewshot_curve(
     cohort, task, shots: Sequence[int], *, split: str = "test", max_rows: int | None = None
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The FC few-shot baseline curve alone (as in ``run_eval``'s baselines), and its notes."""
+    from fmrilm.evaluation.baselines import fc_features
+
     test_rows = eval_rows(cohort, task, split, max_rows)
-    train_rows = _label_rows(cohort, task, "train")
-    _, curves, notes = _baselines(cohort, task, train_rows, test_rows, n_boot=10, shots=shots)
-    return curves.get("FC few-shot"), notes
+    both = pd.concat([_label_rows(cohort, task, "train"), test_rows])
+    y = both["_label"].to_numpy()
+    y = y.astype(float) if task.kind == "regression" else y
+    return _fc_curve(cohort, task, both, fc_features(cohort, both), y, test_rows, shots)
 
 
 def _label_rows(cohort, task, split: str) -> pd.DataFrame:
@@ -320,7 +323,7 @@ def _baselines(
 ):
     """Majority, FC + linear model, (few-shot) FC curve and, with ``corpus`` (a CorpusView), a
     linear model on the descriptor values of the descriptor line -- all on the same rows."""
-    from fmrilm.evaluation.baselines import fc_features, fewshot_curve, linear_probe
+    from fmrilm.evaluation.baselines import fc_features, linear_probe
     from fmrilm.evaluation.metrics import score_classifier, score_regression
 
     methods, notes, curves = {}, [], {}
@@ -360,20 +363,25 @@ def _baselines(
             name = "descriptors+LR" if task.kind == "classification" else "descriptors+ridge"
             methods[name] = (res, "baseline")
     if shots and task.kind in ("classification", "regression"):
-        lab = both.assign(**{task.name: y})
-        try:
-            curve = fewshot_curve(
-                cohort, task.name, ks=tuple(shots), rows=lab, features=X, n_boot=200,
-                train_splits=("train",), test_split=str(test_rows["split"].iloc[0]),
-            )  # fmt: skip
-            curves["FC few-shot"] = {
-                k: curve[k] for k in ("k", "metric", "value", "lo", "hi") if k in curve
-            }
-            if curve.get("note"):
-                notes.append(f"{task.name}: FC few-shot: {curve['note']}")
-        except FmrilmError as exc:
-            notes.append(f"{task.name}: FC few-shot curve skipped ({exc})")
+        curve, curve_notes = _fc_curve(cohort, task, both, X, y, test_rows, shots)
+        curves.update({"FC few-shot": curve} if curve else {})
+        notes += curve_notes
     return methods, curves, notes
+
+
+def _fc_curve(cohort, task, both, X, y, test_rows, shots) -> tuple[dict | None, list[str]]:
+    """The FC few-shot curve on ``both`` (training then test rows, FC features ``X``)."""
+    from fmrilm.evaluation.baselines import fewshot_curve
+
+    try:
+        curve = fewshot_curve(
+            cohort, task.name, ks=tuple(shots), rows=both.assign(**{task.name: y}), features=X,
+            n_boot=200, train_splits=("train",), test_split=str(test_rows["split"].iloc[0]),
+        )  # fmt: skip
+    except FmrilmError as exc:
+        return None, [f"{task.name}: FC few-shot curve skipped ({exc})"]
+    notes = [f"{task.name}: FC few-shot: {curve['note']}"] if curve.get("note") else []
+    return {k: curve[k] for k in ("k", "metric", "value", "lo", "hi") if k in curve}, notes
 
 
 def _oracle(cohort, task, test_rows, *, n_boot: int):
