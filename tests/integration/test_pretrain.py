@@ -181,11 +181,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     subprocess.run([sys.executable, worker, one], check=True, env=env, timeout=300)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29533", worker, two]  # fmt: skip
-    subprocess.run(cmd, check=True, env=env, timeout=300)
+
+    def torchrun(argv):
+        # gloo can rarely abort a process at interpreter exit ("terminate called without an
+        # active exception", after the group was destroyed): one retry for that case only
+        for attempt in (0, 1):
+            run = subprocess.run(argv, env=env, timeout=300, capture_output=True, text=True)
+            known = "terminate called without an active exception" in run.stderr
+            if run.returncode == 0 or not known or attempt:
+                assert run.returncode == 0, run.stderr[-3000:]
+                return
+
+    torchrun(cmd)
     # the same with the frozen backbone sharded by FSDP2 (fully_shard) across the 2 processes
     sharded = str(tmp_path / "fsdp.safetensors")
     cmd[-1] = sharded
-    subprocess.run([*cmd, "--fsdp"], check=True, env=env, timeout=300)
+    torchrun([*cmd, "--fsdp"])
     from safetensors import safe_open
 
     with safe_open(sharded, framework="pt") as fh:
