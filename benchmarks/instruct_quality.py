@@ -15,7 +15,10 @@ subjects):
    backbone's context is skipped with a note), LoRA adaptation on K labelled training
    subjects per class (``--lora-shots``) for ``--lora-tasks``, and full fine-tuning on the
    same subjects (``--full-shots``), each starting from the tuned model;
-5. a summary per task: the primary metric of every method, side by side.
+5. LLM-state probes (``--mode state-probe``): a linear model on the backbone's hidden state at
+   the answer position, for the stage-2 model and the tuned one (fMRI only and, by default, with
+   the descriptor line) -- does the model's reading of the scan carry the label at all?
+6. a summary per task: the primary metric of every method, side by side.
 
 By default (``--no-descriptors`` turns it off) the tuned model's prompts in steps 3-4 also carry each
 scan's descriptor line from the corpus; zero-shot is then scored with and without it, and the
@@ -192,6 +195,27 @@ def main(argv=None) -> int:
     full_shots = [int(k) for k in names(args.full_shots)]
     full = part("full", lambda: adapted("full", full_shots)) if full_shots else {"tasks": {}}
 
+    probe_kw = dict(common, modes=("state-probe",), baselines=False, retrieval=False,
+                    free_text=False)  # fmt: skip
+    probes = [  # the first also re-runs the baselines: later parts win in the summary
+        part(
+            "state_probe_stage2",
+            lambda: run_eval(args.model, args.data, tasks=tasks, **{**probe_kw, "baselines": True}),
+        ),
+        part("state_probe", lambda: run_eval(tuned_dir, args.data, tasks=tasks, **probe_kw)),
+    ]
+    if not args.no_descriptors:
+        probes.append(
+            part(
+                "state_probe_descriptors",
+                lambda: run_eval(tuned_dir, args.data, tasks=tasks, descriptors=True, **probe_kw),
+            )
+        )
+    for r, who in zip(probes, ("stage 2", "tuned", "tuned"), strict=False):
+        for t in r["tasks"].values():  # say which model each probe read
+            t["methods"] = {k.replace("fmrilm ", f"fmrilm ({who}) "): v
+                            for k, v in t["methods"].items()}  # fmt: skip
+
     def merged_curves(name: str) -> dict:
         """Each curve of ``name`` over all parts, its points merged by K (later parts win)."""
         out: dict = {}
@@ -227,7 +251,7 @@ def main(argv=None) -> int:
             row[method] = m["metrics"].get(metric)
             if m.get("invalid_rate") is not None:
                 row[method + " invalid_rate"] = m["invalid_rate"]
-        for extra in (lora, long_ctx, full):
+        for extra in (lora, long_ctx, full, *probes):
             for method, m in extra["tasks"].get(name, {}).get("methods", {}).items():
                 row[method] = m["metrics"].get(metric)
         summary[name] = row
@@ -250,6 +274,7 @@ def main(argv=None) -> int:
             "incontext_long": long_ctx.get("seconds"),
             "lora": lora.get("seconds"),
             "full": full.get("seconds"),
+            "state_probes": [r.get("seconds") for r in probes],
         },  # fmt: skip
         "fewshot_curves": {name: merged_curves(name) for name in tasks},
         "notes": sorted(

@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default="zero-shot",
         help="comma-separated: zero-shot, few-shot, lora, full (full fine-tuning on K subjects "
-        "per class), probe (default zero-shot)",
+        "per class), probe (linear model on the tokenizer's embeddings), state-probe (linear "
+        "model on the LLM's hidden state at the answer position) (default zero-shot)",
     )
     ev.add_argument(
         "--shots", default="2", help="K labelled subjects per class, e.g. 2,4,8 (few-shot, lora)"

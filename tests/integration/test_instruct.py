@@ -85,7 +85,7 @@ def test_bad_settings_are_refused(stage2):
 
 def test_lora_adaptation_uses_k_subjects_per_class_and_is_undone(stage2):
     from fmrilm.instruct import resolve_tasks
-    from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_lora
+    from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_to_shots
     from fmrilm.recipes.instruct import encode_split
 
     root = stage2
@@ -94,7 +94,7 @@ def test_lora_adaptation_uses_k_subjects_per_class_and_is_undone(stage2):
     task = resolve_tasks(cohort, ["sex"])[0]
     codes = encode_split(model.fmri_tokenizer, cohort, "train")
     before = _snapshot(model)
-    out = adapt_lora(model, cohort, task, 1, codes, 2, steps=2)
+    out = adapt_to_shots(model, cohort, task, 1, codes, 2, steps=2)
     train = set(cohort.split("train")["subject"])
     assert len(out["subjects"]) == 2 and set(out["subjects"]) <= train
     changed = [
@@ -169,7 +169,7 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
     from fmrilm.recipes.evaluate import (
         _restore,
         _snapshot,
-        adapt_lora,
+        adapt_to_shots,
         fc_fewshot_curve,
         run_eval,
     )
@@ -177,7 +177,8 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
 
     root = stage2
     metrics = run_eval(
-        root / "stage2", root / "sim", tasks=["sex", "task_state"], modes=["zero-shot", "lora", "full"],
+        root / "stage2", root / "sim", tasks=["sex", "task_state"],
+        modes=["zero-shot", "lora", "full", "state-probe"],
         shots=[1], corpus=root / "corpus", descriptors=True, adapt_steps=2, n_boot=20,
         free_text=False, retrieval=False, **QUIET,
     )  # fmt: skip
@@ -186,6 +187,10 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
             "fmrilm full fine-tuning K=1 + descriptors", "descriptors+LR", "FC+LR"} <= set(m)  # fmt: skip
     assert "prompt tokens" in m["fmrilm zero-shot + descriptors"]["note"]
     assert "every weight" in m["fmrilm full fine-tuning K=1 + descriptors"]["note"]
+    probe = m["fmrilm LLM-state probe + descriptors"]
+    n_train = Cohort(root / "sim").split("train")["subject"].nunique()  # a rest scan each
+    assert f"fitted on {n_train} training rows" in probe["note"]
+    assert 0 <= probe["metrics"]["balanced_accuracy"][0] <= 1
     assert set(metrics["tasks"]["sex"]["fewshot"]) == {
         "fmrilm LoRA + descriptors", "fmrilm full fine-tuning + descriptors", "FC few-shot",
     }  # fmt: skip
@@ -208,7 +213,7 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
     codes = encode_split(model.fmri_tokenizer, cohort, "train")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     before = _snapshot(model, everything=True)
-    adapt_lora(model, cohort, task, 1, codes, 2, steps=2, full=True)
+    adapt_to_shots(model, cohort, task, 1, codes, 2, steps=2, full=True)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert any(not flags[n] for n in moved)  # a frozen backbone weight was tuned
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags

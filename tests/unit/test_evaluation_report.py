@@ -345,3 +345,36 @@ def test_cluster_bootstrap_resamples_whole_subjects():
     assert a[0] == b[0] and (b[2] - b[1]) > (a[2] - a[1])
     with pytest.raises(FmrilmError, match="groups has 3 entries"):
         score_classifier(y, pred, groups=groups[:3])
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_inner_cv_keeps_each_subjects_rows_in_one_fold(kind):
+    from fmrilm.evaluation.baselines import _linear_model
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"s{i:02d}" for i in range(30)], 4)  # 4 scans per subject
+    y = np.tile(["a", "b", "c", "d"], 30) if kind == "classification" else rng.normal(size=120)
+    model, inner_cv, what = _linear_model(kind, y, subjects)
+    assert inner_cv and "subject-grouped" in what
+    est = model.steps[-1][1]
+    assert len(est.cv) == 5
+    for fit, held in est.cv:
+        assert not set(subjects[fit]) & set(subjects[held])
+    model.fit(rng.normal(size=(120, 3)), y)  # the precomputed folds index the training rows
+    ungrouped = _linear_model(kind, y, None)[2]
+    assert "subject-grouped" not in ungrouped
+
+
+def test_inner_cv_counts_subjects_not_rows():
+    from fmrilm.evaluation.baselines import _linear_model
+
+    subjects = np.repeat([f"s{i}" for i in range(8)], 5)  # 4 subjects per class, 20 rows each
+    y = np.repeat(["a", "b"], 20)
+    _, inner_cv, what = _linear_model("classification", y, subjects)
+    assert not inner_cv and "4 subjects" in what
+    assert _linear_model("classification", y, None)[1]  # 20 rows per class: CV by rows
+    with pytest.raises(FmrilmError, match="train_groups has 3 entries"):
+        linear_probe(
+            np.zeros((40, 2)), y, np.ones(40, bool) & (np.arange(40) < 30), np.arange(40) >= 30,
+            "classification", train_groups=subjects[:3],
+        )  # fmt: skip

@@ -99,3 +99,22 @@ def test_free_answers_are_text_and_deterministic(model_and_tok):
     out = answer_free(model, tok, prompts, max_new_tokens=4)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
     assert out == answer_free(model, tok, prompts, max_new_tokens=4)
+
+
+def test_prompt_state_is_where_the_first_answer_token_is_predicted(model_and_tok):
+    from fmrilm.model.qa import prompt_state
+
+    model, tok = model_and_tok
+    prompt = render(model, tok, [("scan", "a"), ("text", "\nSex?")], SPANS.__getitem__).ids
+    state = prompt_state(model, prompt)
+    assert state.shape == (model._base().config.hidden_size,) and state.dtype == np.float32
+    # the backbone's output head on that state gives the first answer token's log-probability
+    head = model._base().get_output_embeddings()
+    logp = torch.log_softmax(head(torch.from_numpy(state)[None]).float(), -1)[0]
+    single = [c for c in ("a", "b", "c") if len(tok(c, add_special_tokens=False)["input_ids"]) == 1]
+    first = {c: tok(c, add_special_tokens=False)["input_ids"][0] for c in single}
+    scores = candidate_logprobs(model, tok, prompt, single, end=[])
+    np.testing.assert_allclose([float(logp[first[c]]) for c in single], scores, atol=1e-4)
+    assert not np.allclose(state, prompt_state(model, prompt[:-1]))
+    with pytest.raises(FmrilmError, match="non-empty"):
+        prompt_state(model, [])

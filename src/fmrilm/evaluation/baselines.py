@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -61,6 +62,11 @@ def subject_table(cohort: Cohort, label: str, task: str = "rest") -> pd.DataFram
     return rows
 
 
+def repeated_subjects(subjects: np.ndarray) -> np.ndarray | None:
+    """``subjects`` when one of them occurs more than once (grouped CV / bootstrap), else None."""
+    return subjects if len(set(subjects)) < len(subjects) else None
+
+
 def label_kind(cohort: Cohort, label: str) -> str:
     """'regression' for numeric phenotypes, else 'classification' (categorical, task names)."""
     return "regression" if cohort.meta["phenotypes"].get(label) == "numeric" else "classification"
@@ -76,15 +82,19 @@ def linear_probe(
     n_boot: int = 1000,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    train_groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit StandardScaler + a regularised linear model on ``train_mask`` rows, score ``test_mask``.
 
-    ``groups`` (the subject of each test row) makes the bootstrap resample whole subjects.
+    ``groups`` (the subject of each test row) makes the bootstrap resample whole subjects;
+    ``train_groups`` (the subject of each training row) keeps a subject's rows in one inner-CV
+    fold (``StratifiedGroupKFold`` / ``GroupKFold``), so the penalty is chosen on unseen subjects.
 
     Classification: ``LogisticRegressionCV`` (C by 5-fold inner CV on balanced accuracy) when
-    every training class has at least 5 rows, else a fixed ``LogisticRegression(C=1)``.
-    Regression: ``RidgeCV`` (alpha by efficient leave-one-out) with at least 10 training rows,
-    else a fixed ``Ridge(alpha=1)``. The test rows are never seen while fitting.
+    every training class has at least 5 rows (subjects, with ``train_groups``), else a fixed
+    ``LogisticRegression(C=1)``. Regression: ``RidgeCV`` (alpha by efficient leave-one-out, or
+    5-fold group CV with ``train_groups``) with at least 10 training rows (subjects), else a fixed
+    ``Ridge(alpha=1)``. The test rows are never seen while fitting.
 
     Returns ``kind``, ``n_train``, ``n_test``, ``y_true``, ``y_pred``, ``metrics``
     (:func:`score_classifier` or :func:`score_regression`), ``model`` (a description),
@@ -99,7 +109,12 @@ def linear_probe(
     if (train_mask & test_mask).any():
         raise FmrilmError("linear_probe: a row is in both the training and the test rows")
     y_train = y[train_mask]
-    model, inner_cv, description = _linear_model(kind, y_train)
+    if train_groups is not None and len(train_groups) != int(train_mask.sum()):
+        raise FmrilmError(
+            f"linear_probe: train_groups has {len(train_groups)} entries for "
+            f"{int(train_mask.sum())} training rows"
+        )
+    model, inner_cv, description = _linear_model(kind, y_train, train_groups, seed)
     with warnings.catch_warnings():
         # scikit-learn 1.9 announces API changes of LogisticRegressionCV that do not affect us, and
         # small inner-CV folds may lack a class; neither changes the fitted model
@@ -133,33 +148,55 @@ def linear_probe(
     return out
 
 
-def _linear_model(kind: str, y_train: np.ndarray) -> tuple[Any, bool, str]:
+def _linear_model(
+    kind: str, y_train: np.ndarray, groups: np.ndarray | None = None, seed: int = 0
+) -> tuple[Any, bool, str]:
     """The estimator for ``kind`` and these training labels, whether it tunes its penalty by
-    inner CV, and a one-line description of it."""
+    inner CV, and a one-line description of it.
+
+    With ``groups`` (the subject of each training row) holding a subject more than once, the
+    inner folds are subject-disjoint and the minimum counts are counted in subjects.
+    """
+    grouped = groups is not None and len(set(groups)) < len(groups)
+    unit = "subjects" if grouped else "rows"
     if kind == "classification":
-        counts = pd.Series(y_train).value_counts()
+        if grouped:
+            counts = pd.DataFrame({"g": groups, "y": y_train}).groupby("y")["g"].nunique()
+        else:
+            counts = pd.Series(y_train).value_counts()
         if len(counts) < 2:
             raise FmrilmError(
                 f"the training rows hold a single class ({counts.index[0]!r}); need at least two"
             )
         if counts.min() >= MIN_PER_CLASS_FOR_CV:
-            est = LogisticRegressionCV(
-                Cs=np.logspace(-4, 1, 6), cv=5, max_iter=2000, scoring="balanced_accuracy"
-            )
+            cv: Any = 5
             what = "LogisticRegressionCV (C by 5-fold inner CV on balanced accuracy)"
+            if grouped:
+                splitter = StratifiedGroupKFold(5, shuffle=True, random_state=seed)
+                cv = list(splitter.split(np.zeros(len(y_train)), y_train, groups))
+                what = "LogisticRegressionCV (C by 5-fold subject-grouped inner CV on balanced accuracy)"
+            est = LogisticRegressionCV(
+                Cs=np.logspace(-4, 1, 6), cv=cv, max_iter=2000, scoring="balanced_accuracy"
+            )
             return make_pipeline(StandardScaler(), est), True, f"StandardScaler + {what}"
         est = LogisticRegression(C=1.0, max_iter=2000)
         what = (
             f"LogisticRegression(C=1) -- fixed C: the smallest training class has "
-            f"{counts.min()} rows, too few for {MIN_PER_CLASS_FOR_CV}-fold inner CV"
+            f"{counts.min()} {unit}, too few for {MIN_PER_CLASS_FOR_CV}-fold inner CV"
         )
         return make_pipeline(StandardScaler(), est), False, f"StandardScaler + {what}"
-    if len(y_train) >= MIN_ROWS_FOR_CV:
-        est = RidgeCV(alphas=np.logspace(-1, 6, 15))
-        what = "RidgeCV (alpha by leave-one-out inner CV)"
+    n = len(set(groups)) if grouped else len(y_train)
+    if n >= MIN_ROWS_FOR_CV:
+        if grouped:
+            cv = list(GroupKFold(5).split(np.zeros(len(y_train)), y_train, groups))
+            est = RidgeCV(alphas=np.logspace(-1, 6, 15), cv=cv)
+            what = "RidgeCV (alpha by 5-fold subject-grouped inner CV)"
+        else:
+            est = RidgeCV(alphas=np.logspace(-1, 6, 15))
+            what = "RidgeCV (alpha by leave-one-out inner CV)"
         return make_pipeline(StandardScaler(), est), True, f"StandardScaler + {what}"
     what = (
-        f"Ridge(alpha=1) -- fixed alpha: {len(y_train)} training rows, too few "
+        f"Ridge(alpha=1) -- fixed alpha: {n} training {unit}, too few "
         f"(< {MIN_ROWS_FOR_CV}) for inner CV"
     )
     return make_pipeline(StandardScaler(), Ridge(alpha=1.0)), False, f"StandardScaler + {what}"
@@ -195,7 +232,11 @@ def fc_linear_baseline(
         )
     y = rows[label].to_numpy()
     kind = label_kind(cohort, label)
-    probe = linear_probe(X, y, train, test, kind, n_boot=n_boot, seed=seed)
+    subjects = rows["subject"].to_numpy()
+    probe = linear_probe(
+        X, y, train, test, kind, n_boot=n_boot, seed=seed,
+        groups=repeated_subjects(subjects[test]), train_groups=repeated_subjects(subjects[train]),
+    )  # fmt: skip
     return {
         "label": label,
         "test_scans": rows.loc[test, "scan_id"].tolist(),
@@ -280,7 +321,10 @@ def fewshot_baseline(
         X = np.concatenate([take(train_pos), take(test_pos)])
         y = np.concatenate([y_all[train_pos], y_all[test_pos]])
         train = np.arange(len(y)) < len(train_pos)
-        probe = linear_probe(X, y, train, ~train, kind, n_boot=n_boot, seed=seed)
+        probe = linear_probe(
+            X, y, train, ~train, kind, n_boot=n_boot, seed=seed,
+            groups=repeated_subjects(subjects[test_pos]),
+        )  # fmt: skip
         per_seed.append(
             {
                 "seed": seed,

@@ -12,6 +12,8 @@ and rendered with the backbone's chat template (:func:`fmrilm.model.objectives.p
   candidate's tokens followed by end-of-turn, given the prompt. The prompt runs once; its
   key/value cache is repeated for all candidates, which are scored in one batched forward.
   ``softmax`` of the scores gives the model's distribution over the valid answers.
+* :func:`prompt_state` is the backbone's last-layer hidden state where the answer would start:
+  the vector a linear probe reads (``fmrilm eval --mode state-probe``).
 * :func:`answer_free` generates answers (greedy) for a batch of prompts; parsing them is the
   task's job, and an unparseable answer stays unparseable (never mapped to a class).
 """
@@ -135,6 +137,27 @@ def candidate_logprobs(
     finally:
         model.train(was_training)
     return scores
+
+
+@torch.no_grad()
+def prompt_state(model: FMRILM, prompt: Sequence[int], *, bf16: bool = False) -> np.ndarray:
+    """The backbone's last-layer hidden state at the prompt's final position, float32 (hidden,).
+
+    That position is where the answer's first token is predicted, so the state holds what the
+    model has read of the scan (and of any descriptor line) in the light of the question.
+    """
+    if not len(prompt):
+        raise FmrilmError("prompt_state needs a non-empty prompt")
+    device = model.fmri_embed.weight.device
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.tensor([list(prompt)], device=device)
+        with autocast(bf16, device.type):
+            out = model._base()(inputs_embeds=model.embed(ids), output_hidden_states=True)
+        return out.hidden_states[-1][0, -1].float().cpu().numpy()
+    finally:
+        model.train(was_training)
 
 
 def _cache_of(out):

@@ -42,8 +42,9 @@ import pandas as pd
 
 from fmrilm.errors import FmrilmError
 
-MODES = ("zero-shot", "few-shot", "lora", "full", "probe")
+MODES = ("zero-shot", "few-shot", "lora", "full", "probe", "state-probe")
 FULL_LR = 1e-4  # full fine-tuning: every backbone weight moves, so a 10x smaller step than LoRA
+STATE_PROBE_TRAIN = 4  # with --max-scans N the state probe fits on at most 4N training rows
 
 
 class ContextTooLong(FmrilmError):
@@ -167,7 +168,7 @@ def answer_multi(
     return out
 
 
-def adapt_lora(
+def adapt_to_shots(
     model,
     cohort,
     task,
@@ -259,9 +260,11 @@ def _restore(model, snapshot: dict[str, Any]) -> None:
 
 
 def _groups(rows: pd.DataFrame) -> np.ndarray | None:
-    """The subject of each row when a subject has several (cluster bootstrap), else None."""
-    subjects = rows["subject"].to_numpy()
-    return subjects if len(set(subjects)) < len(subjects) else None
+    """The subject of each row when a subject has several (cluster bootstrap, grouped inner CV),
+    else None."""
+    from fmrilm.evaluation.baselines import repeated_subjects
+
+    return repeated_subjects(rows["subject"].to_numpy())
 
 
 def _score(
@@ -352,14 +355,19 @@ def _baselines(
     y = both["_label"].to_numpy()
     if task.kind == "regression":
         y = y.astype(float)
-    fc = linear_probe(X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups)
+    fit_groups = _groups(train_rows)  # subject-disjoint inner CV folds (task_state: 4 scans each)
+    fc = linear_probe(
+        X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups,
+        train_groups=fit_groups,
+    )  # fmt: skip
     methods["FC+LR" if task.kind == "classification" else "FC+ridge"] = (fc, "baseline")
     if corpus is not None:
         D = descriptor_features(corpus, both)
         if D.shape[1]:
             res = linear_probe(
-                D, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups
-            )
+                D, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups,
+                train_groups=fit_groups,
+            )  # fmt: skip
             name = "descriptors+LR" if task.kind == "classification" else "descriptors+ridge"
             methods[name] = (res, "baseline")
     if shots and task.kind in ("classification", "regression"):
@@ -604,7 +612,7 @@ def run_eval(
             snapshot = _snapshot(model, everything=mode == "full")
             try:
                 for k in shots:
-                    adapted = adapt_lora(
+                    adapted = adapt_to_shots(
                         model, cohort, task, k, codes, span_patches, steps=adapt_steps,
                         bf16=bf16, corpus=described, full=mode == "full",
                     )  # fmt: skip
@@ -642,6 +650,21 @@ def run_eval(
                 ),
                 "fmrilm",
                 note="linear model on the tokenizer's scan embeddings (training split)",
+            )
+        if "state-probe" in modes:
+            probe_train = train_rows
+            if max_rows is not None and len(train_rows) > STATE_PROBE_TRAIN * max_rows:
+                keep = np.linspace(0, len(train_rows) - 1, STATE_PROBE_TRAIN * max_rows)
+                probe_train = train_rows.iloc[np.unique(keep.round().astype(int))]
+            res = _state_probe(
+                model, task, probe_train, test_rows, span_of, n_boot=n_boot, bf16=bf16,
+                corpus=described, progress=progress,
+            )  # fmt: skip
+            methods[f"fmrilm LLM-state probe{sfx}"] = method_entry(
+                res,
+                "fmrilm",
+                note=f"linear model on the backbone's last hidden state at the answer position "
+                f"of the zero-shot prompt, fitted on {res['n_train']} training rows",
             )
         if baselines:
             base, base_curves, base_notes = _baselines(
@@ -763,6 +786,45 @@ def scan_embeddings(fmri_tok, cohort, rows: pd.DataFrame, cache: dict | None = N
     return np.stack([cache[s] for s in rows["scan_id"]])
 
 
+def _state_probe(
+    model,
+    task,
+    train_rows,
+    test_rows,
+    span_of,
+    *,
+    n_boot: int,
+    bf16: bool,
+    corpus=None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """A linear probe (:func:`linear_probe`) on :func:`prompt_state` of every row's zero-shot
+    prompt: does the joint model's reading of the scan carry the label, whatever it answers?"""
+    from tqdm.auto import tqdm
+
+    from fmrilm.evaluation.baselines import linear_probe
+    from fmrilm.instruct import make_example
+    from fmrilm.model.qa import prompt_state, render
+
+    both = pd.concat([train_rows, test_rows])
+    states = []
+    for i, (_, row) in enumerate(
+        tqdm(both.iterrows(), total=len(both), desc=f"{task.name} states", disable=not progress)
+    ):
+        rng = np.random.default_rng(i)  # the prompt's template, as a zero-shot question draws it
+        ex = make_example(task, row, rng, corpus=corpus, describe=corpus is not None)
+        prompt = render(model, model.text_tokenizer, ex.segments, span_of).ids
+        states.append(prompt_state(model, prompt, bf16=bf16))
+    y = both["_label"].to_numpy()
+    if task.kind == "regression":
+        y = y.astype(float)
+    train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
+    return linear_probe(
+        np.stack(states), y, train_mask, ~train_mask, task.kind, n_boot=n_boot,
+        groups=_groups(test_rows), train_groups=_groups(train_rows),
+    )  # fmt: skip
+
+
 def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int, cache=None):
     from fmrilm.evaluation.baselines import linear_probe
 
@@ -775,5 +837,6 @@ def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int,
         y = y.astype(float)
     train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
     return linear_probe(
-        X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=_groups(test_rows)
-    )
+        X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=_groups(test_rows),
+        train_groups=_groups(train_rows),
+    )  # fmt: skip
