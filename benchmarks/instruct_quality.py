@@ -17,7 +17,9 @@ subjects):
    same subjects (``--full-shots``), each starting from the tuned model;
 5. LLM-state probes (``--mode state-probe``): a linear model on the backbone's hidden state at
    the answer position, for the stage-2 model and the tuned one (fMRI only and, by default, with
-   the descriptor line) -- does the model's reading of the scan carry the label at all?
+   the descriptor line) -- does the model's reading of the scan carry the label at all? -- and,
+   for ``--whole-tasks``, zero-shot answers and the state probe of the tuned model shown the
+   whole scan (``--scan-steps all``) instead of the 2-3 steps it was tuned on;
 6. a summary per task: the primary metric of every method, side by side.
 
 By default (``--no-descriptors`` turns it off) the tuned model's prompts in steps 3-4 also carry each
@@ -71,6 +73,11 @@ def main(argv=None) -> int:
     p.add_argument("--lora-shots", default="2,4,8,16,32")
     p.add_argument("--lora-tasks", default="sex,diagnosis,task_state")
     p.add_argument("--full-shots", default="2,16", help="K for full fine-tuning ('' skips it)")
+    p.add_argument(
+        "--whole-tasks",
+        default="sex,diagnosis,age,fluid_intelligence,task_state",
+        help="tasks asked and probed with the whole scan in the prompt ('' skips it)",
+    )
     p.add_argument(
         "--no-descriptors", action="store_true", help="prompts without the descriptor line"
     )
@@ -211,7 +218,20 @@ def main(argv=None) -> int:
                 lambda: run_eval(tuned_dir, args.data, tasks=tasks, descriptors=True, **probe_kw),
             )
         )
-    for r, who in zip(probes, ("stage 2", "tuned", "tuned"), strict=False):
+    whole_tasks = names(args.whole_tasks)
+    if whole_tasks:
+        whole = part(
+            "whole_scan",
+            lambda: run_eval(
+                tuned_dir, args.data, tasks=whole_tasks, scan_steps="all",
+                **{**probe_kw, "modes": ("zero-shot", "state-probe")},
+            ),
+        )  # fmt: skip
+        for t in whole["tasks"].values():
+            t["methods"] = {f"{k} (whole scan)": v for k, v in t["methods"].items()}
+        probes.append(whole)
+    for i, r in enumerate(probes):
+        who = "stage 2" if i == 0 else "tuned"
         for t in r["tasks"].values():  # say which model each probe read
             t["methods"] = {k.replace("fmrilm ", f"fmrilm ({who}) "): v
                             for k, v in t["methods"].items()}  # fmt: skip

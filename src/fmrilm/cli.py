@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="add each scan's descriptor summary from --corpus to the prompts (zero-shot is "
         "then scored with and without it)",
     )
+    ev.add_argument(
+        "--scan-steps",
+        help="time steps of each scan a prompt shows: N, or 'all' for the whole scan (default: "
+        "the span the model was tuned on, the first window's first span_patches steps)",
+    )
     ev.add_argument("--no-baselines", action="store_true", help="skip baselines and oracle")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(command="run")
@@ -604,6 +609,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         n_boot=args.n_boot, max_rows=args.max_scans, free_text=not args.no_free_text,
         adapt_steps=args.adapt_steps, multi_question=args.multi_question,
         descriptors=args.descriptors,
+        scan_steps=args.scan_steps,
         baselines=not args.no_baselines, progress=not args.quiet,
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip

@@ -115,6 +115,22 @@ def test_scan_span_is_deterministic_without_rng():
         assert s.shape == (3, 3) and (s >= 0).all()
 
 
+def test_scan_steps_are_the_whole_scan_in_time_order():
+    from fmrilm.recipes.evaluate import _scan_steps_arg
+    from fmrilm.recipes.instruct import scan_steps
+
+    codes = np.arange(3 * 2 * 4).reshape(3, 2, 4)  # 3 windows, 2 ROIs, 4 steps
+    codes[2, :, 2:] = -1  # the last window holds 2 complete steps
+    whole = scan_steps(codes)
+    assert whole.shape == (2, 10) and (whole >= 0).all()
+    np.testing.assert_array_equal(whole[:, 4:8], codes[1])
+    np.testing.assert_array_equal(scan_steps(codes, 5), whole[:, :5])
+    assert _scan_steps_arg("all") is None and _scan_steps_arg("12") == 12
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(FmrilmError, match="--scan-steps must be"):
+            _scan_steps_arg(bad)
+
+
 def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
     from fmrilm.recipes.evaluate import run_eval
 
@@ -202,6 +218,16 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
     # constant prediction still gets an interval that is a valid range
     v, lo, hi = metrics["tasks"]["task_state"]["methods"]["majority"]["metrics"]["accuracy"]
     assert 0 <= lo <= v <= hi <= 1
+    whole = run_eval(
+        root / "stage2", root / "sim", tasks=["task_state"], modes=["zero-shot", "state-probe"],
+        scan_steps=4, n_boot=20, free_text=False, retrieval=False, baselines=False, **QUIET,
+    )  # fmt: skip
+    assert any(n.startswith("each scan is shown as up to 4 of its time") for n in whole["notes"])
+    assert "fmrilm LLM-state probe" in whole["tasks"]["task_state"]["methods"]
+    with pytest.raises(FmrilmError, match="more than the backbone's context of 2048"):
+        run_eval(root / "stage2", root / "sim", scan_steps="all", **QUIET)  # the tiny LLM's
+    with pytest.raises(FmrilmError, match="cannot be combined with --mode lora"):
+        run_eval(root / "stage2", root / "sim", modes=["lora"], scan_steps="all", **QUIET)
     with pytest.raises(FmrilmError, match="--descriptors needs --corpus"):
         run_eval(root / "stage2", root / "sim", tasks=["sex"], descriptors=True, **QUIET)
     with pytest.raises(FmrilmError, match="K=50 but task 'sex' has at most"):

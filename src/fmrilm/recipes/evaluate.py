@@ -453,11 +453,17 @@ def run_eval(
     baselines: bool = True,
     retrieval: bool = True,
     descriptors: bool = False,
+    scan_steps: int | str | None = None,
     bf16: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate a stage-2/3 model on ``split``; returns the report-schema metrics dict.
+
+    ``scan_steps`` sets how much of each scan a prompt shows: None (default) the span the model
+    was tuned on (its first window's first ``span_patches`` steps), N the scan's first N time
+    steps across windows, ``"all"`` the whole scan (:func:`scan_steps`). A span that does not
+    fit the backbone's context is an error before any answer.
 
     ``descriptors`` (needs ``corpus``) adds each scan's descriptor line to the prompts: zero-shot
     is then scored both ways (fMRI tokens alone, and "+ descriptors"), the other fmrilm modes
@@ -475,6 +481,7 @@ def run_eval(
     from fmrilm.instruct.tasks import as_corpus_view
     from fmrilm.model.fusion import FMRILM
     from fmrilm.recipes.instruct import encode_split, scan_span
+    from fmrilm.recipes.instruct import scan_steps as all_steps
     from fmrilm.runtime import use_bf16
 
     bad = sorted(set(modes) - set(MODES))
@@ -485,6 +492,12 @@ def run_eval(
         raise FmrilmError(f"--shots must be positive integers, got {shots}")
     if max_rows is not None and max_rows < 2:
         raise FmrilmError(f"--max-scans must be at least 2, got {max_rows}")
+    steps_cap = _scan_steps_arg(scan_steps)
+    if scan_steps is not None and {"lora", "full"} & set(modes):
+        raise FmrilmError(
+            "--scan-steps cannot be combined with --mode lora/full: adaptation trains on the "
+            "span the model was tuned on"
+        )
     model = FMRILM.from_pretrained(model_dir)
     if model.projector is not None:
         raise FmrilmError(f"{model_dir}: evaluation needs a model with discrete fMRI input")
@@ -526,7 +539,24 @@ def run_eval(
     codes = encode_split(model.fmri_tokenizer, cohort, None, progress=progress)
 
     def span_of(scan_id: str) -> np.ndarray:
-        return scan_span(codes[scan_id], span_patches)
+        if scan_steps is None:
+            return scan_span(codes[scan_id], span_patches)
+        return all_steps(codes[scan_id], steps_cap)
+
+    if scan_steps is not None:
+        context = getattr(model._base().config, "max_position_embeddings", None)
+        longest = max(codes, key=lambda s: span_of(s).shape[1])
+        n_tokens = len(model.vocab.span(span_of(longest)))
+        if context and n_tokens + 256 > context:
+            raise FmrilmError(
+                f"--scan-steps {scan_steps}: scan {longest} becomes {n_tokens} fMRI tokens, "
+                f"more than the backbone's context of {context} leaves for a question; "
+                "pass a smaller number of steps"
+            )
+        notes.append(
+            f"each scan is shown as {'all' if steps_cap is None else f'up to {steps_cap}'} "
+            f"of its time steps (longest: {span_of(longest).shape[1]} steps, {n_tokens} tokens)"
+        )
 
     result_tasks: dict[str, Any] = {}
     embeddings: dict[str, np.ndarray] = {}  # tokenizer scan vectors, shared by probe tasks
@@ -784,6 +814,19 @@ def scan_embeddings(fmri_tok, cohort, rows: pd.DataFrame, cache: dict | None = N
                 cohort.series(r.scan_id), atlas=cohort.atlas(r.atlas), tr=float(r.tr)
             )
     return np.stack([cache[s] for s in rows["scan_id"]])
+
+
+def _scan_steps_arg(value: int | str | None) -> int | None:
+    """``--scan-steps``: None or 'all' -> no cap; a positive integer -> that many steps."""
+    if value is None or value == "all":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise FmrilmError(f"--scan-steps must be a positive integer or 'all', got {value!r}")
+    return n
 
 
 def _state_probe(

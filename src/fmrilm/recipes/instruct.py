@@ -46,6 +46,16 @@ def scan_span(
     return w[:, start : start + n]
 
 
+def scan_steps(codes: np.ndarray, max_steps: int | None = None) -> np.ndarray:
+    """Every complete time step of a scan's codes (windows, R, P), in time order: (R, steps).
+
+    Windows do not overlap (:meth:`FMRITokenizer.windows`), so their valid steps concatenated
+    are the whole scan; ``max_steps`` keeps the first ones.
+    """
+    steps = np.concatenate([w[:, : int((w[0] >= 0).sum())] for w in codes], axis=1)
+    return steps if max_steps is None else steps[:, :max_steps]
+
+
 def encode_split(fmri_tok, cohort, split: str | None, progress: bool = False) -> dict[str, Any]:
     """Codes (windows, ROIs, patches) of every scan of ``split`` (None: all), by scan id."""
     from fmrilm.recipes.pretrain import encode_scans
