@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--full-shots", default="2,16", help="K for full fine-tuning ('' skips it)")
     p.add_argument(
         "--whole-tasks",
-        default="sex,diagnosis,age,fluid_intelligence,task_state",
+        default="sex,diagnosis,task_state",
         help="tasks asked and probed with the whole scan in the prompt ('' skips it)",
     )
     p.add_argument(
