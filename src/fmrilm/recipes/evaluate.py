@@ -308,9 +308,7 @@ def fc_fewshot_curve(
 
     test_rows = eval_rows(cohort, task, split, max_rows)
     both = pd.concat([_label_rows(cohort, task, "train"), test_rows])
-    y = both["_label"].to_numpy()
-    y = y.astype(float) if task.kind == "regression" else y
-    return _fc_curve(cohort, task, both, fc_features(cohort, both), y, test_rows, shots)
+    return _fc_curve(cohort, task, both, fc_features(cohort, both), test_rows, shots)
 
 
 def _label_rows(cohort, task, split: str) -> pd.DataFrame:
@@ -326,7 +324,7 @@ def _baselines(
 ):
     """Majority, FC + linear model, (few-shot) FC curve and, with ``corpus`` (a CorpusView), a
     linear model on the descriptor values of the descriptor line -- all on the same rows."""
-    from fmrilm.evaluation.baselines import fc_features, linear_probe
+    from fmrilm.evaluation.baselines import fc_features
     from fmrilm.evaluation.metrics import score_classifier, score_regression
 
     methods, notes, curves = {}, [], {}
@@ -351,36 +349,27 @@ def _baselines(
     methods["majority" if task.kind == "classification" else "training mean"] = (res, "baseline")
     both = pd.concat([train_rows, test_rows])
     X = fc_features(cohort, both)
-    train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
-    y = both["_label"].to_numpy()
-    if task.kind == "regression":
-        y = y.astype(float)
-    fit_groups = _groups(train_rows)  # subject-disjoint inner CV folds (task_state: 4 scans each)
-    fc = linear_probe(
-        X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups,
-        train_groups=fit_groups,
-    )  # fmt: skip
+    fc = _fit_probe(X, task, train_rows, test_rows, n_boot)
     methods["FC+LR" if task.kind == "classification" else "FC+ridge"] = (fc, "baseline")
     if corpus is not None:
         D = descriptor_features(corpus, both)
         if D.shape[1]:
-            res = linear_probe(
-                D, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=groups,
-                train_groups=fit_groups,
-            )  # fmt: skip
+            res = _fit_probe(D, task, train_rows, test_rows, n_boot)
             name = "descriptors+LR" if task.kind == "classification" else "descriptors+ridge"
             methods[name] = (res, "baseline")
     if shots and task.kind in ("classification", "regression"):
-        curve, curve_notes = _fc_curve(cohort, task, both, X, y, test_rows, shots)
+        curve, curve_notes = _fc_curve(cohort, task, both, X, test_rows, shots)
         curves.update({"FC few-shot": curve} if curve else {})
         notes += curve_notes
     return methods, curves, notes
 
 
-def _fc_curve(cohort, task, both, X, y, test_rows, shots) -> tuple[dict | None, list[str]]:
+def _fc_curve(cohort, task, both, X, test_rows, shots) -> tuple[dict | None, list[str]]:
     """The FC few-shot curve on ``both`` (training then test rows, FC features ``X``)."""
     from fmrilm.evaluation.baselines import fewshot_curve
 
+    y = both["_label"].to_numpy()
+    y = y.astype(float) if task.kind == "regression" else y
     try:
         curve = fewshot_curve(
             cohort, task.name, ks=tuple(shots), rows=both.assign(**{task.name: y}), features=X,
@@ -845,7 +834,6 @@ def _state_probe(
     prompt: does the joint model's reading of the scan carry the label, whatever it answers?"""
     from tqdm.auto import tqdm
 
-    from fmrilm.evaluation.baselines import linear_probe
     from fmrilm.instruct import make_example
     from fmrilm.model.qa import prompt_state, render
 
@@ -858,24 +846,22 @@ def _state_probe(
         ex = make_example(task, row, rng, corpus=corpus, describe=corpus is not None)
         prompt = render(model, model.text_tokenizer, ex.segments, span_of).ids
         states.append(prompt_state(model, prompt, bf16=bf16))
-    y = both["_label"].to_numpy()
-    if task.kind == "regression":
-        y = y.astype(float)
-    train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
-    return linear_probe(
-        np.stack(states), y, train_mask, ~train_mask, task.kind, n_boot=n_boot,
-        groups=_groups(test_rows), train_groups=_groups(train_rows),
-    )  # fmt: skip
+    return _fit_probe(np.stack(states), task, train_rows, test_rows, n_boot)
 
 
 def _embedding_probe(fmri_tok, cohort, task, train_rows, test_rows, n_boot: int, cache=None):
-    from fmrilm.evaluation.baselines import linear_probe
-
     if not fmri_tok.text_dim:
         raise FmrilmError("--mode probe needs a tokenizer trained with the text alignment")
-    both = pd.concat([train_rows, test_rows])
-    X = scan_embeddings(fmri_tok, cohort, both, cache)
-    y = both["_label"].to_numpy()
+    X = scan_embeddings(fmri_tok, cohort, pd.concat([train_rows, test_rows]), cache)
+    return _fit_probe(X, task, train_rows, test_rows, n_boot)
+
+
+def _fit_probe(X: np.ndarray, task, train_rows, test_rows, n_boot: int) -> dict[str, Any]:
+    """:func:`linear_probe` on features ``X`` of the training rows then the test rows, labels
+    from ``_label``; subject-grouped inner CV and bootstrap where a subject has several rows."""
+    from fmrilm.evaluation.baselines import linear_probe
+
+    y = pd.concat([train_rows, test_rows])["_label"].to_numpy()
     if task.kind == "regression":
         y = y.astype(float)
     train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
