@@ -156,8 +156,7 @@ def main(argv=None) -> int:
     def adapted(mode: str, shots: list[int]) -> dict:
         """``mode`` (lora/full) for each --lora-tasks task, with the Ks its classes allow."""
         from fmrilm.data.cohort import Cohort
-        from fmrilm.instruct import resolve_tasks
-        from fmrilm.instruct.prompts import max_shots
+        from fmrilm.tasks import max_shots, resolve_tasks
 
         cohort = Cohort(args.data)
         out: dict = {"tasks": {}, "notes": []}
@@ -185,9 +184,8 @@ def main(argv=None) -> int:
     def fc_curves() -> dict:
         """The FC few-shot baseline at every K of the LoRA curve (same rows as the eval)."""
         from fmrilm.data.cohort import Cohort
-        from fmrilm.instruct import resolve_tasks
-        from fmrilm.instruct.prompts import max_shots
         from fmrilm.recipes.evaluate import fc_fewshot_curve
+        from fmrilm.tasks import max_shots, resolve_tasks
 
         cohort = Cohort(args.data)
         out: dict = {"tasks": {}, "notes": []}

@@ -42,9 +42,10 @@ def main() -> None:
     import torch
 
     from fmrilm.corpus.build import Corpus
-    from fmrilm.corpus.paraphrase import Paraphraser, bf16_autocast_supported
+    from fmrilm.corpus.paraphrase import Paraphraser
     from fmrilm.corpus.paraphrase import paraphrase_description as paraphrase
-    from fmrilm.model import load_backbone
+    from fmrilm.llm import load_backbone
+    from fmrilm.runtime import cpu_has_bf16
 
     tmp = tempfile.TemporaryDirectory(prefix="fmrilm-paraphrase-")
     corpus_dir = args.corpus
@@ -91,7 +92,7 @@ def main() -> None:
         "sentences_per_s": round(totals["sentences"] / seconds, 2),
         "generated_tokens_per_s": round(paraphraser.generated_tokens / seconds, 1),
         "batch_size": args.batch_size,
-        "bf16_autocast": bf16_autocast_supported(),
+        "bf16_autocast": cpu_has_bf16(),
         "first_load_s": round(first_load, 1),
         "cached_load_s": round(cached_load, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),

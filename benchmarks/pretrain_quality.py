@@ -260,11 +260,12 @@ def main(argv=None) -> int:
     from fmrilm.corpus.build import Corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.errors import FmrilmError
-    from fmrilm.model.fusion import load_model
+    from fmrilm.model.fusion import build_model, load_model
     from fmrilm.model.generate import code_counts, code_predictions, held_out_spans, text_perplexity
-    from fmrilm.recipes.pretrain import build_model, encode_scans, run_pretrain
+    from fmrilm.recipes.pretrain import run_pretrain
     from fmrilm.runtime import use_bf16
     from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.tokenizer.codes import encode_scans
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()

@@ -1,6 +1,6 @@
 """Stage 2 training speed: bf16 autocast vs float32 on this machine, with MFU for each.
 
-The real training loop (:func:`fmrilm.recipes.pretrain.train_joint`) runs ``--steps`` steps of
+The real training loop (:func:`fmrilm.training.train_joint`) runs ``--steps`` steps of
 the three objectives with each dtype, from the same initial weights and the same batches. The
 inputs are synthetic (random fMRI codes for an 80-ROI atlas, replay passages as the texts):
 speed depends only on sequence lengths, so this needs no cohort and runs anywhere.
@@ -51,11 +51,13 @@ def main(argv=None) -> int:
     import torch
 
     from fmrilm.config import PretrainConfig, TokenizerConfig
-    from fmrilm.model.backbones import get_backbone
+    from fmrilm.llm.backbones import get_backbone
+    from fmrilm.model.fusion import build_model
     from fmrilm.model.replay import load_replay
-    from fmrilm.recipes.pretrain import ScanCodes, build_model, train_joint
     from fmrilm.runtime import cpu_has_bf16, matmul_peak_flops
     from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.tokenizer.codes import ScanCodes
+    from fmrilm.training import train_joint
 
     dtypes = ["float32"] + (["bfloat16"] if cpu_has_bf16() else [])
     peak = {dt: matmul_peak_flops(getattr(torch, dt)) for dt in dtypes}

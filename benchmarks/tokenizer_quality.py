@@ -63,7 +63,7 @@ def ensure_data(work: Path, subjects: int, jobs: int) -> tuple[Path, Path]:
 
 
 def prepared_windows(tok, cohort, rows) -> np.ndarray:
-    from fmrilm.tokenizer.evaluate import full_windows
+    from fmrilm.tokenizer.codes import full_windows
 
     out = [
         full_windows(tok, tok.prepare(cohort.series(r.scan_id), float(r.tr)))
@@ -81,7 +81,7 @@ def train_mean_r2(tok, cohort, train_rows, test_windows: np.ndarray, recon_r2: d
 
 def crossatlas(tok, sim: Path, work: Path, n_scans: int, jobs: int) -> dict:
     from fmrilm.data.cohort import Cohort
-    from fmrilm.tokenizer.evaluate import evaluate_tokenizer
+    from fmrilm.evaluation.tokenizer import evaluate_tokenizer
 
     xa = work / "sim_aal3"
     if not (xa / "crossatlas.json").exists():
@@ -122,7 +122,7 @@ def crossatlas(tok, sim: Path, work: Path, n_scans: int, jobs: int) -> dict:
 
 def real_hcp(tok, work: Path) -> dict:
     from fmrilm.data.cohort import Cohort
-    from fmrilm.tokenizer.evaluate import evaluate_tokenizer
+    from fmrilm.evaluation.tokenizer import evaluate_tokenizer
 
     hcp = work / "hcp"
     if not (hcp / "manifest.parquet").exists():
@@ -140,9 +140,9 @@ def llm_alignment(tok) -> dict:
     """Projected codebook vs the LLM's word embeddings, trained and at initialisation."""
     import torch
 
+    from fmrilm.evaluation.tokenizer import alignment_to_words
     from fmrilm.tokenizer import FMRITokenizer
     from fmrilm.tokenizer.align import llm_embedding_matrix
-    from fmrilm.tokenizer.evaluate import alignment_to_words
 
     words = llm_embedding_matrix(tok.config.llm)
     torch.manual_seed(0)
@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.config import TokenizerConfig, load_config
     from fmrilm.corpus.build import Corpus
     from fmrilm.data.cohort import Cohort
+    from fmrilm.evaluation.tokenizer import evaluate_tokenizer, pca_reference
     from fmrilm.recipes.tokenize import encode_cohort
     from fmrilm.recipes.train_tokenizer import train_tokenizer
     from fmrilm.tokenizer import FMRITokenizer
-    from fmrilm.tokenizer.evaluate import evaluate_tokenizer, pca_reference
 
     work = args.work
     sim, corpus = ensure_data(work, args.subjects, args.jobs)

@@ -25,7 +25,7 @@ CHECKPOINT_VERSION = 1
 def versions() -> dict[str, str]:
     import numpy
 
-    from fmrilm import __version__
+    from fmrilm._version import __version__
 
     return {
         "fmrilm": __version__,

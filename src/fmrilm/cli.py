@@ -398,7 +398,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from fmrilm.data.cohort import Cohort
+    from fmrilm.data.cohort import Cohort, format_summary
 
     summary = Cohort(args.cohort).summary()
     if args.json:
@@ -418,39 +418,6 @@ def cmd_split(args: argparse.Namespace) -> int:
         + ", ".join(f"{k}={v['subjects']} subjects/{v['scans']} scans" for k, v in splits.items())
     )
     return 0
-
-
-def format_summary(s: dict) -> str:
-    lines = [
-        f"cohort     {s['path']}  ({s['size_gb']} GB float32)",
-        f"subjects   {s['subjects']}    scans {s['scans']}    sites {', '.join(s['sites']) or '-'}",
-        "atlases    " + ", ".join(f"{a} ({n} ROIs)" for a, n in s["atlases"].items()),
-        "TR (s)     " + ", ".join(f"{t:g}" for t in s["tr_seconds"]),
-        f"frames     min {s['frames']['min']}  median {s['frames']['median']:g}  max {s['frames']['max']}",
-        "paradigms  "
-        + ", ".join(f"{p['task']} ({p['paradigm']}): {p['scans']}" for p in s["paradigms"]),
-        "splits     "
-        + (
-            ", ".join(
-                f"{k or 'unassigned'}: {v['subjects']} subj / {v['scans']} scans"
-                for k, v in s["splits"].items()
-            )
-            or "-"
-        ),
-    ]
-    if s["labels"]:
-        lines.append("labels")
-        for name, lab in s["labels"].items():
-            if lab["type"] == "numeric":
-                lines.append(
-                    f"  {name:<20} numeric  n={lab['n']} mean={lab['mean']} sd={lab['std']} range=[{lab['min']}, {lab['max']}]"
-                )
-            else:
-                counts = ", ".join(f"{k}: {v}" for k, v in list(lab["counts"].items())[:8])
-                lines.append(f"  {name:<20} {counts}")
-    pre = s["preprocessing"]
-    lines.append("preprocess " + ", ".join(f"{k}={v}" for k, v in pre.items()))
-    return "\n".join(lines)
 
 
 def cmd_corpus_build(args: argparse.Namespace) -> int:
@@ -643,14 +610,14 @@ def _ask_scan(args: argparse.Namespace):
 
 def _ask_task(model, args: argparse.Namespace):
     """(Task, note) for ``fmrilm ask --task``: the tuned task, else the cohort's (zero-shot)."""
-    from fmrilm.instruct.tasks import Task
+    from fmrilm.tasks import Task
 
     tuned = {t["name"]: t for t in (model.info.get("instruct") or {}).get("tasks", [])}
     if args.task in tuned:
         task, note = Task.from_dict(tuned[args.task]), None
     elif args.data is not None:
         from fmrilm.data.cohort import Cohort
-        from fmrilm.instruct.tasks import resolve_tasks
+        from fmrilm.tasks import resolve_tasks
 
         task = resolve_tasks(Cohort(args.data), [args.task])[0]
         note = (
@@ -676,7 +643,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     summary = None
     if args.corpus is not None:
         from fmrilm.corpus.build import Corpus
-        from fmrilm.instruct import descriptor_line
+        from fmrilm.tasks import descriptor_line
 
         if args.data is None:
             raise FmrilmError("--corpus needs --data and a scan id of that cohort in --scan")

@@ -213,7 +213,7 @@ class InstructConfig(_LoopConfig):
     the backbone stays frozen.
     """
 
-    # tasks: names of fmrilm.instruct.tasks (or any phenotype column); empty = all applicable
+    # tasks: names of fmrilm.tasks.registry (or any phenotype column); empty = all applicable
     tasks: list[str] = field(default_factory=list)
     # never trained on: kept for zero-shot evaluation
     held_out_tasks: list[str] = field(default_factory=list)

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from fmrilm.errors import FmrilmError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -49,14 +51,42 @@ def read_json(path: str | os.PathLike, missing: str | None = None) -> Any:
 
     ``missing`` is the message for an absent file (default: "<path> does not exist").
     """
-    from fmrilm.errors import FmrilmError
-
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FmrilmError(missing or f"{path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise FmrilmError(f"{path}: corrupt JSON ({exc})") from None
+
+
+def read_meta(
+    path: str | os.PathLike,
+    format: str,
+    version: Any = None,
+    *,
+    version_key: str = "format_version",
+    missing: str | None = None,
+    wrong_format: str = "{path}: not an fmrilm {format} file (format={found!r})",
+    wrong_version: str = "{path}: format version {found} differs from this fmrilm's {expected}",
+) -> dict[str, Any]:
+    """The one format/version guard of every versioned JSON file (cohort, corpus, norms,
+    tokenizer, model): the parsed file, or a one-line :class:`FmrilmError`.
+
+    ``format``: the expected value of the file's ``"format"`` key; ``version``: the expected
+    value of ``version_key`` (None: not checked). The messages are templates with ``{path}``,
+    ``{format}``, ``{found}`` and ``{expected}``, so each file type keeps its own advice.
+    """
+    meta = read_json(path, missing=missing)
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != format:
+        raise FmrilmError(wrong_format.format(path=path, format=format, found=found))
+    if version is not None and meta.get(version_key) != version:
+        raise FmrilmError(
+            wrong_version.format(
+                path=path, format=format, found=meta.get(version_key), expected=version
+            )
+        )
+    return meta
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,9 +1,10 @@
-"""Device, dtype and seeding helpers shared by the training recipes."""
+"""Device, dtype, bf16 detection, seeding and torch.distributed helpers (the lowest layer)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 from pathlib import Path
@@ -15,7 +16,15 @@ from fmrilm.errors import FmrilmError
 
 @functools.cache
 def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX).
+
+    The one bf16 check of the package: torch's own CPU capability queries where this torch has
+    them, else the kernel's CPU flags.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    if cpu is not None and any(hasattr(cpu, c) for c in checks):
+        return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -54,8 +63,6 @@ def init_distributed() -> tuple[int, int]:
 
     Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) this is a no-op: (0, 1).
     """
-    import os
-
     dist = torch.distributed
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -67,6 +74,23 @@ def init_distributed() -> tuple[int, int]:
         dist.init_process_group(backend=backend)
         _OWN_GROUP.append(True)
     return dist.get_rank(), dist.get_world_size()
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun / torch.distributed, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_int(value: int, world: int, device=None) -> int:
+    """The sum of ``value`` over the ``world`` processes (``value`` itself in one process)."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
 
 
 _OWN_GROUP: list[bool] = []  # non-empty while a group made by init_distributed is alive
@@ -86,8 +110,6 @@ def finish_distributed() -> None:
 
 def training_device(requested: str = "auto") -> torch.device:
     """``auto``: this process's GPU (torchrun's LOCAL_RANK) when CUDA is visible, else the CPU."""
-    import os
-
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cpu":

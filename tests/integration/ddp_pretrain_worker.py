@@ -11,10 +11,12 @@ from safetensors.torch import save_file
 
 from fmrilm.checkpoint import trainable_state
 from fmrilm.config import PretrainConfig, TokenizerConfig
-from fmrilm.model.backbones import get_backbone
-from fmrilm.recipes.pretrain import ScanCodes, build_model, train_joint
+from fmrilm.llm.backbones import get_backbone
+from fmrilm.model.fusion import build_model
 from fmrilm.runtime import init_distributed
 from fmrilm.tokenizer import FMRITokenizer
+from fmrilm.tokenizer.codes import ScanCodes
+from fmrilm.training import train_joint
 
 
 def main(out: str, fsdp: bool = False) -> None:

@@ -10,11 +10,12 @@ from fmrilm.data.cohort import Cohort
 from fmrilm.data.simulate import SimulationConfig, simulate_cohort
 from fmrilm.data.splits import assign_splits
 from fmrilm.errors import FmrilmError
-from fmrilm.model.backbones import get_backbone
+from fmrilm.llm.backbones import get_backbone
 from fmrilm.model.fusion import FMRILM
-from fmrilm.recipes.instruct import run_instruct, scan_span
+from fmrilm.recipes.instruct import run_instruct
 from fmrilm.recipes.pretrain import run_pretrain
 from fmrilm.tokenizer import FMRITokenizer
+from fmrilm.tokenizer.codes import scan_span
 
 QUIET = dict(progress=False, log=lambda line: None)
 
@@ -84,9 +85,9 @@ def test_bad_settings_are_refused(stage2):
 
 
 def test_lora_adaptation_uses_k_subjects_per_class_and_is_undone(stage2):
-    from fmrilm.instruct import resolve_tasks
     from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_to_shots
-    from fmrilm.recipes.instruct import encode_split
+    from fmrilm.tasks import resolve_tasks
+    from fmrilm.tokenizer.codes import encode_split
 
     root = stage2
     model = FMRILM.from_pretrained(root / "stage2")
@@ -117,7 +118,7 @@ def test_scan_span_is_deterministic_without_rng():
 
 def test_scan_steps_are_the_whole_scan_in_time_order():
     from fmrilm.recipes.evaluate import _scan_steps_arg
-    from fmrilm.recipes.instruct import scan_steps
+    from fmrilm.tokenizer.codes import scan_steps
 
     codes = np.arange(3 * 2 * 4).reshape(3, 2, 4)  # 3 windows, 2 ROIs, 4 steps
     codes[2, :, 2:] = -1  # the last window holds 2 complete steps
@@ -181,7 +182,6 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
 
 
 def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
-    from fmrilm.instruct import resolve_tasks
     from fmrilm.recipes.evaluate import (
         _restore,
         _snapshot,
@@ -189,7 +189,8 @@ def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
         fc_fewshot_curve,
         run_eval,
     )
-    from fmrilm.recipes.instruct import encode_split
+    from fmrilm.tasks import resolve_tasks
+    from fmrilm.tokenizer.codes import encode_split
 
     root = stage2
     metrics = run_eval(
@@ -289,9 +290,9 @@ def test_cli_instruct_eval_and_ask(stage2, capsys):
 
 
 def test_a_prompt_longer_than_the_context_is_refused_not_truncated(stage2):
-    from fmrilm.instruct import resolve_tasks, task_rows
     from fmrilm.recipes.evaluate import ContextTooLong, answer_rows
-    from fmrilm.recipes.instruct import encode_split
+    from fmrilm.tasks import resolve_tasks, task_rows
+    from fmrilm.tokenizer.codes import encode_split
 
     root = stage2
     model = FMRILM.from_pretrained(root / "stage2")

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from fmrilm.config import PretrainConfig, TokenizerConfig
-from fmrilm.model.backbones import get_backbone
+from fmrilm.llm.backbones import get_backbone
+from fmrilm.model.fusion import build_model
 from fmrilm.model.objectives import description_example, replay_example
-from fmrilm.recipes.pretrain import ScanCodes, build_model, train_joint
 from fmrilm.tokenizer import FMRITokenizer
+from fmrilm.tokenizer.codes import ScanCodes
+from fmrilm.training import train_joint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,7 +76,7 @@ def test_joint_training_learns_and_resumes_exactly(tmp_path, monkeypatch):
     # straight 6 steps vs 3 steps + resume to 6: identical trainable weights
     m1, tok1 = _setup()
     train_joint(m1, tok1, _scans(), replay, _cfg(), tmp_path / "b", log=lambda s: None)
-    from fmrilm.recipes import pretrain
+    from fmrilm.training import joint as pretrain
 
     real = pretrain.sample_step
 
@@ -217,7 +219,7 @@ def test_ctrl_c_checkpoints_and_a_full_disk_keeps_the_last_checkpoint(tmp_path, 
     import signal
 
     from fmrilm.checkpoint import read_checkpoint_meta
-    from fmrilm.recipes import pretrain
+    from fmrilm.training import joint as pretrain
 
     real = pretrain.sample_step
 

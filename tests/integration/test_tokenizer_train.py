@@ -25,9 +25,9 @@ from fmrilm.data.cohort import Cohort
 from fmrilm.data.simulate import SimulationConfig, simulate_cohort
 from fmrilm.data.splits import assign_splits
 from fmrilm.errors import FmrilmError
-from fmrilm.recipes import train_tokenizer as recipe
 from fmrilm.recipes.train_tokenizer import CHECKPOINT, TRAINING, train_tokenizer
 from fmrilm.tokenizer import FMRITokenizer
+from fmrilm.training import tokenizer as recipe
 
 TEXT_DIM = 12
 LOGGED = {"step", "loss", "rec", "commit", "usage_pct", "perplexity", "windows_per_s", "lr"}

@@ -14,8 +14,8 @@ from fmrilm.errors import FmrilmError
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fmrilm.model import backbones  # noqa: E402
-from fmrilm.model.backbones import (  # noqa: E402
+from fmrilm.llm import backbones  # noqa: E402
+from fmrilm.llm.backbones import (  # noqa: E402
     LORA_TARGETS,
     PLAIN_CHAT_TEMPLATE,
     BackboneSpec,

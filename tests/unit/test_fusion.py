@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from fmrilm.errors import FmrilmError
-from fmrilm.model.backbones import tiny_llama
-from fmrilm.model.fusion import FMRILM, FmriVocab
+from fmrilm.llm.backbones import tiny_llama
+from fmrilm.model.fusion import FMRILM
+from fmrilm.model.vocab import FmriVocab
 
 
 def test_vocab_layout_and_span():

@@ -8,7 +8,8 @@ import torch
 
 from fmrilm.config import PretrainConfig, TokenizerConfig
 from fmrilm.errors import FmrilmError
-from fmrilm.model.backbones import get_backbone
+from fmrilm.llm.backbones import get_backbone
+from fmrilm.model.fusion import build_model
 from fmrilm.model.generate import (
     code_counts,
     code_predictions,
@@ -17,7 +18,6 @@ from fmrilm.model.generate import (
     held_out_spans,
     text_perplexity,
 )
-from fmrilm.recipes.pretrain import build_model
 from fmrilm.tokenizer import FMRITokenizer
 
 TEXTS = [

@@ -13,7 +13,7 @@ from fmrilm.data.cohort import Cohort, CohortWriter
 from fmrilm.data.scan import Scan
 from fmrilm.errors import FmrilmError
 from fmrilm.evaluation.baselines import subject_table
-from fmrilm.instruct import (
+from fmrilm.tasks import (
     Task,
     build_examples,
     context_line,
@@ -24,7 +24,7 @@ from fmrilm.instruct import (
     resolve_tasks,
     task_rows,
 )
-from fmrilm.instruct.tasks import fact_class, join_candidates, nice_grid
+from fmrilm.tasks.registry import fact_class, join_candidates, nice_grid
 
 N_SUBJECTS = 30
 TRAIN, VAL = range(0, 18), range(18, 24)  # the rest are test subjects
@@ -417,8 +417,8 @@ def _record(within: dict, between: dict | None = None, **extra) -> dict:
 
 
 def test_descriptor_line_states_signal_descriptors_in_words_only():
-    from fmrilm.instruct import descriptor_line
-    from fmrilm.instruct.prompts import summary_fields
+    from fmrilm.tasks import descriptor_line
+    from fmrilm.tasks.prompts import summary_fields
 
     rec = _record(
         {"Default": 1.2, "Visual": -0.2, "Somatomotor": float("nan")},

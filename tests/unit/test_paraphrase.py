@@ -206,7 +206,7 @@ def _char_tokenizer():
 
 def test_tiny_llama_generates_and_paraphraser_batches():
     torch = pytest.importorskip("torch")
-    from fmrilm.model import tiny_llama
+    from fmrilm.llm import tiny_llama
 
     tok = _char_tokenizer()
     model = tiny_llama(vocab_size=len(tok))
@@ -225,7 +225,7 @@ def test_tiny_llama_generates_and_paraphraser_batches():
 
 def test_load_backbone_rejects_missing_and_non_causal_folders(tmp_path):
     pytest.importorskip("transformers")
-    from fmrilm.model import load_backbone
+    from fmrilm.llm import load_backbone
 
     with pytest.raises(FmrilmError, match="does not exist"):
         load_backbone(str(tmp_path / "nope"))
@@ -240,7 +240,7 @@ def test_load_backbone_rejects_missing_and_non_causal_folders(tmp_path):
 
 def test_load_backbone_refuses_a_hub_id_without_local_weights(monkeypatch, tmp_path):
     pytest.importorskip("transformers")
-    from fmrilm.model import load_backbone
+    from fmrilm.llm import load_backbone
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty local hub cache
     with pytest.raises(FmrilmError, match="weights must be local"):
@@ -254,7 +254,7 @@ def test_load_backbone_refuses_a_hub_id_without_local_weights(monkeypatch, tmp_p
 @pytest.mark.slow
 def test_smollm2_paraphrases_real_sentences(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from fmrilm.model import load_backbone
+    from fmrilm.llm import load_backbone
 
     monkeypatch.setenv("FMRILM_CACHE", str(tmp_path))
     try:

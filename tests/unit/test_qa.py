@@ -6,10 +6,10 @@ import torch
 
 from fmrilm.config import PretrainConfig, TokenizerConfig
 from fmrilm.errors import FmrilmError
-from fmrilm.model.backbones import get_backbone
+from fmrilm.llm.backbones import get_backbone
+from fmrilm.model.fusion import build_model
 from fmrilm.model.objectives import Example, collate
 from fmrilm.model.qa import answer_free, candidate_logprobs, render, softmax
-from fmrilm.recipes.pretrain import build_model
 from fmrilm.tokenizer import FMRITokenizer
 
 

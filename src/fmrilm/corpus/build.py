@@ -32,7 +32,7 @@ from fmrilm.corpus.text import describe, leaked_labels
 from fmrilm.data.cohort import Cohort
 from fmrilm.data.scan import check_series
 from fmrilm.errors import FmrilmError
-from fmrilm.io import read_json, write_json, write_parquet
+from fmrilm.io import read_json, read_meta, write_json, write_parquet
 
 CORPUS_FORMAT = "fmrilm-corpus"
 
@@ -303,14 +303,15 @@ def _open_corpus(
     }
     path = out / "corpus.json"
     if path.exists():
-        old = read_json(path)
-        if old.get("format") != CORPUS_FORMAT:
-            raise FmrilmError(f"{out} is not an fmrilm corpus folder")
-        if old.get("descriptor_version") != DESCRIPTOR_VERSION:
-            raise FmrilmError(
-                f"{out} was built with descriptor version {old.get('descriptor_version')}; this fmrilm "
-                f"computes version {DESCRIPTOR_VERSION}: refusing to mix them (build into a new folder)"
-            )
+        old = read_meta(
+            path,
+            CORPUS_FORMAT,
+            DESCRIPTOR_VERSION,
+            version_key="descriptor_version",
+            wrong_format=f"{out} is not an fmrilm corpus folder",
+            wrong_version=f"{out} was built with descriptor version {{found}}; this fmrilm "
+            "computes version {expected}: refusing to mix them (build into a new folder)",
+        )
         for key in ("cohort_id", "n_variants", "seed", "part_size", "paraphrase"):
             if old.get(key, False) != meta[key]:
                 raise FmrilmError(

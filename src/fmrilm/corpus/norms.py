@@ -16,7 +16,7 @@ import numpy as np
 
 from fmrilm.corpus.descriptors.base import DESCRIPTOR_VERSION, AtlasNorms, Descriptor
 from fmrilm.errors import FmrilmError
-from fmrilm.io import read_json, write_json
+from fmrilm.io import read_meta, write_json
 
 NORMS_FORMAT = "fmrilm-corpus-norms"
 # counts, identifiers and task statistics are reported as they are, not against norms
@@ -78,14 +78,16 @@ class CorpusNorms:
 
     @classmethod
     def load(cls, path: Path) -> CorpusNorms:
-        raw = read_json(path, missing=f"norms file {path} does not exist")
-        if raw.get("format") != NORMS_FORMAT:
-            raise FmrilmError(f"{path} is not an fmrilm norms file")
-        if raw.get("descriptor_version") != DESCRIPTOR_VERSION:
-            raise FmrilmError(
-                f"{path}: norms were fitted with descriptor version {raw.get('descriptor_version')}, "
-                f"this fmrilm computes version {DESCRIPTOR_VERSION}; refit them"
-            )
+        raw = read_meta(
+            path,
+            NORMS_FORMAT,
+            DESCRIPTOR_VERSION,
+            version_key="descriptor_version",
+            missing=f"norms file {path} does not exist",
+            wrong_format="{path} is not an fmrilm norms file",
+            wrong_version="{path}: norms were fitted with descriptor version {found}, "
+            "this fmrilm computes version {expected}; refit them",
+        )
         atlases = {
             name: AtlasNorms(
                 mean=a["mean"],

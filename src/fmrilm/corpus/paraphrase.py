@@ -326,15 +326,6 @@ FEW_SHOT = (
 _PREFIX = re.compile(r"^\s*(?:rewritten|rewrite|paraphrase|sentence|answer)\s*:\s*", re.I)
 
 
-def bf16_autocast_supported() -> bool:
-    """True when this CPU has native bf16 matmuls (AMX or AVX512-BF16)."""
-    import torch
-
-    cpu = torch.cpu
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
-
-
 class Paraphraser:
     """Sentence rewriter around a chat LLM (default: the offline SmolLM2-135M-Instruct).
 
@@ -363,9 +354,11 @@ class Paraphraser:
         autocast: bool | None = None,
         few_shot: Sequence[tuple[str, str]] = FEW_SHOT,
     ):
-        if model is None or tokenizer is None:
-            from fmrilm.model import load_backbone
+        # torch and the LLM stack are the optional `llm` extra: imported only when rewriting
+        from fmrilm.llm import load_backbone
+        from fmrilm.runtime import cpu_has_bf16
 
+        if model is None or tokenizer is None:
             model, tokenizer = load_backbone()
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -373,7 +366,7 @@ class Paraphraser:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.temperature, self.seed, self.batch_size = temperature, seed, batch_size
-        self.autocast = bf16_autocast_supported() if autocast is None else autocast
+        self.autocast = cpu_has_bf16() if autocast is None else autocast
         self.few_shot = tuple(few_shot)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -34,7 +34,7 @@ import pandas as pd
 from fmrilm.data.atlas import Atlas
 from fmrilm.data.scan import EVENT_COLUMNS, Scan, check_series
 from fmrilm.errors import FmrilmError
-from fmrilm.io import atomic_path, read_json, write_json, write_parquet
+from fmrilm.io import atomic_path, read_meta, write_json, write_parquet
 
 FORMAT_NAME = "fmrilm-cohort"
 FORMAT_VERSION = 1
@@ -68,16 +68,16 @@ def _now() -> str:
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
-    path = root / "cohort.json"
-    meta = read_json(path, missing=f"{root} is not an fmrilm cohort (no cohort.json)")
-    if meta.get("format") != FORMAT_NAME:
-        raise FmrilmError(f"{path}: not an fmrilm cohort (format={meta.get('format')!r})")
-    if meta.get("version") != FORMAT_VERSION:
-        raise FmrilmError(
-            f"{path}: cohort format version {meta.get('version')} is not supported by this fmrilm "
-            f"(expects {FORMAT_VERSION})"
-        )
-    return meta
+    return read_meta(
+        root / "cohort.json",
+        FORMAT_NAME,
+        FORMAT_VERSION,
+        version_key="version",
+        missing=f"{root} is not an fmrilm cohort (no cohort.json)",
+        wrong_format="{path}: not an fmrilm cohort (format={found!r})",
+        wrong_version="{path}: cohort format version {found} is not supported by this fmrilm "
+        "(expects {expected})",
+    )
 
 
 class Cohort:
@@ -588,3 +588,37 @@ def _py(v: Any) -> Any:
 
 
 __all__ = ["Cohort", "CohortWriter", "SPLITS", "atomic_path"]
+
+
+def format_summary(s: dict) -> str:
+    """:meth:`Cohort.summary` as the aligned text block ``fmrilm data info`` prints."""
+    lines = [
+        f"cohort     {s['path']}  ({s['size_gb']} GB float32)",
+        f"subjects   {s['subjects']}    scans {s['scans']}    sites {', '.join(s['sites']) or '-'}",
+        "atlases    " + ", ".join(f"{a} ({n} ROIs)" for a, n in s["atlases"].items()),
+        "TR (s)     " + ", ".join(f"{t:g}" for t in s["tr_seconds"]),
+        f"frames     min {s['frames']['min']}  median {s['frames']['median']:g}  max {s['frames']['max']}",
+        "paradigms  "
+        + ", ".join(f"{p['task']} ({p['paradigm']}): {p['scans']}" for p in s["paradigms"]),
+        "splits     "
+        + (
+            ", ".join(
+                f"{k or 'unassigned'}: {v['subjects']} subj / {v['scans']} scans"
+                for k, v in s["splits"].items()
+            )
+            or "-"
+        ),
+    ]
+    if s["labels"]:
+        lines.append("labels")
+        for name, lab in s["labels"].items():
+            if lab["type"] == "numeric":
+                lines.append(
+                    f"  {name:<20} numeric  n={lab['n']} mean={lab['mean']} sd={lab['std']} range=[{lab['min']}, {lab['max']}]"
+                )
+            else:
+                counts = ", ".join(f"{k}: {v}" for k, v in list(lab["counts"].items())[:8])
+                lines.append(f"  {name:<20} {counts}")
+    pre = s["preprocessing"]
+    lines.append("preprocess " + ", ".join(f"{k}={v}" for k, v in pre.items()))
+    return "\n".join(lines)

@@ -24,74 +24,30 @@ earlier steps (and the earlier ROIs of step t).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fmrilm.checkpoint import load_trainable, trainable_state, versions
+from fmrilm.config import PretrainConfig, from_dict, to_dict
+from fmrilm.data.atlas import load_atlas
 from fmrilm.errors import FmrilmError
-
-IGNORE = -100
-
-
-@dataclass(frozen=True)
-class FmriVocab:
-    """The id layout of the joint sequence, derived from the two tokenizers."""
-
-    text_size: int
-    n_codes: int
-
-    @classmethod
-    def from_tokenizers(cls, text_tokenizer, fmri_tokenizer) -> FmriVocab:
-        return cls(text_size=len(text_tokenizer), n_codes=fmri_tokenizer.config.codebook_size)
-
-    @property
-    def start(self) -> int:
-        return self.text_size + self.n_codes
-
-    @property
-    def end(self) -> int:
-        return self.text_size + self.n_codes + 1
-
-    @property
-    def step(self) -> int:
-        return self.text_size + self.n_codes + 2
-
-    @property
-    def n_new(self) -> int:
-        return self.n_codes + 3
-
-    @property
-    def size(self) -> int:
-        return self.text_size + self.n_new
-
-    def codes_to_ids(self, codes: np.ndarray) -> np.ndarray:
-        codes = np.asarray(codes)
-        if codes.size and (codes.min() < 0 or codes.max() >= self.n_codes):
-            raise FmrilmError(
-                f"fMRI codes must lie in [0, {self.n_codes}), got {codes.min()}..{codes.max()}"
-            )
-        return codes + self.text_size
-
-    def span(self, codes: np.ndarray) -> list[int]:
-        """The token ids of one window's codes (ROIs, patches), time step by time step."""
-        codes = np.asarray(codes)
-        if codes.ndim != 2:
-            raise FmrilmError(
-                f"a window's codes must have shape (ROIs, patches), got {codes.shape}"
-            )
-        ids = [self.start]
-        for p in range(codes.shape[1]):
-            col = codes[:, p]
-            if (col < 0).any():  # a short last window: stop at the first missing patch
-                break
-            ids.append(self.step)
-            ids.extend(self.codes_to_ids(col).tolist())
-        ids.append(self.end)
-        return ids
+from fmrilm.io import atomic_path, read_json, read_meta, sha256_file, write_json
+from fmrilm.llm import get_backbone
+from fmrilm.model.generate import describe_batch
+from fmrilm.model.objectives import DESCRIBE
+from fmrilm.model.qa import candidate_logprobs, render, softmax
+from fmrilm.model.vocab import FmriVocab
+from fmrilm.runtime import use_bf16
+from fmrilm.tokenizer.align import embed_texts
+from fmrilm.tokenizer.codes import complete_steps
+from fmrilm.tokenizer.neural_tokenizer import FMRITokenizer
 
 
 class FMRILM(nn.Module):
@@ -142,7 +98,6 @@ class FMRILM(nn.Module):
     def from_pretrained(cls, directory, device: str = "cpu") -> FMRILM:
         """Load a stage-2 folder (see :func:`save_model`); the model carries its tokenizers as
         ``.text_tokenizer`` and ``.fmri_tokenizer`` and its settings as ``.pretrain_config``."""
-        from fmrilm.io import read_json
 
         model, text_tok, fmri_tok, config = load_model(directory, device)
         # plain attributes, not submodules: the fMRI tokenizer is an nn.Module whose weights
@@ -179,7 +134,6 @@ class FMRILM(nn.Module):
             name = getattr(scan, "atlas", "")
             if not name:
                 raise FmrilmError("pass atlas= (an Atlas or ROI table) for an array input")
-            from fmrilm.data.atlas import load_atlas
 
             atlas = load_atlas(name)
         vectors_needed = self.projector is not None
@@ -190,7 +144,7 @@ class FMRILM(nn.Module):
         codes = tokens.ids[window]
         tuned = (getattr(self, "info", {}).get("instruct") or {}).get("config", {})
         span = int(tuned.get("span_patches", 0)) or self.pretrain_config.span_patches
-        valid = int((codes[0] >= 0).sum())
+        valid = complete_steps(codes)
         if not 0 <= start < valid:
             raise FmrilmError(f"start={start}: window {window} has {valid} time step(s)")
         codes = codes[:, start : start + span]
@@ -217,11 +171,9 @@ class FMRILM(nn.Module):
 
         A stage-2 model was trained on one instruction only ("Describe this brain scan."), so
         other questions are answered zero-shot from that training. ``summary``: the scan's
-        descriptor line (:func:`fmrilm.instruct.descriptor_line` of its corpus record), put
+        descriptor line (:func:`fmrilm.tasks.descriptor_line` of its corpus record), put
         between the scan and the question as in instruction tuning.
         """
-        from fmrilm.model.generate import describe_batch
-        from fmrilm.runtime import use_bf16
 
         if not str(question).strip():
             raise FmrilmError("the question is empty")
@@ -258,8 +210,6 @@ class FMRILM(nn.Module):
         (:func:`fmrilm.model.qa.candidate_logprobs`); the softmax over candidates is returned,
         most probable first. ``summary``: the scan's descriptor line, as in :meth:`ask`.
         """
-        from fmrilm.model.qa import candidate_logprobs, render, softmax
-        from fmrilm.runtime import use_bf16
 
         candidates = [str(c) for c in candidates]
         if len(candidates) < 2:
@@ -304,7 +254,6 @@ class FMRILM(nn.Module):
         if k < 1:
             raise FmrilmError(f"retrieve: k must be >= 1, got {k}")
         if text_encoder is None:
-            from fmrilm.tokenizer.align import embed_texts
 
             def text_encoder(texts):
                 return embed_texts(texts, tok.config.text_encoder, tok.config.llm)
@@ -329,7 +278,6 @@ class FMRILM(nn.Module):
             if atlas is None:
                 if not getattr(scan, "atlas", ""):
                     raise FmrilmError("pass atlas= (an Atlas or ROI table) for an array input")
-                from fmrilm.data.atlas import load_atlas
 
                 atlas = load_atlas(scan.atlas)
             vecs = tok.text_vectors(text_encoder(names)).numpy()
@@ -340,7 +288,6 @@ class FMRILM(nn.Module):
 
     def describe(self, scan, **kwargs) -> str:
         """A description of one scan in the words of the descriptive corpus (see :meth:`ask`)."""
-        from fmrilm.model.objectives import DESCRIBE
 
         return self.ask(scan, DESCRIBE, **kwargs)
 
@@ -442,13 +389,6 @@ def save_model(
     it from the registry, then applies the saved LoRA adapters and fMRI tables. ``extra``
     (JSON-able, e.g. stage 3's settings and tasks) is stored in config.json as is.
     """
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from fmrilm.checkpoint import trainable_state, versions
-    from fmrilm.config import to_dict
-    from fmrilm.io import atomic_path, sha256_file, write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -470,29 +410,49 @@ def save_model(
     )
 
 
+def build_model(
+    config: PretrainConfig, fmri_tok: FMRITokenizer, backbone=None, text_tokenizer=None, spec=None
+):
+    """The backbone with LoRA adapters and the fMRI vocabulary; only new weights train."""
+    if backbone is None:
+        backbone, text_tokenizer, spec = get_backbone(config.llm)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    lora = spec.lora_config(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+    peft_model = get_peft_model(backbone, lora)
+    vocab = FmriVocab.from_tokenizers(text_tokenizer, fmri_tok)
+    hidden = backbone.get_input_embeddings().weight.shape[1]
+    codes = None
+    if fmri_tok.llm_dim:
+        if fmri_tok.llm_dim != hidden:
+            raise FmrilmError(
+                f"the fMRI tokenizer projects codes to {fmri_tok.llm_dim} dimensions but "
+                f"{config.llm} has {hidden}; retrain the tokenizer with llm={config.llm}"
+            )
+        codes = fmri_tok.code_embeddings_for_llm()
+    projector = None
+    if config.fmri_input == "continuous":
+        if fmri_tok.llm_dim:  # start from the tokenizer's trained projection into the LLM
+            projector = copy.deepcopy(fmri_tok.to_llm)
+        else:
+            projector = torch.nn.Linear(fmri_tok.config.code_dim, hidden)
+        for p in projector.parameters():
+            p.requires_grad_(True)
+    return FMRILM(peft_model, vocab, codes, projector), text_tokenizer
+
+
 def load_model(directory, device: str = "cpu"):
     """(FMRILM, text tokenizer, fMRI tokenizer, PretrainConfig) from a folder of save_model."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from fmrilm.checkpoint import load_trainable
-    from fmrilm.config import PretrainConfig, from_dict
-    from fmrilm.io import read_json, sha256_file
-    from fmrilm.recipes.pretrain import build_model
-    from fmrilm.tokenizer import FMRITokenizer
-
     directory = Path(directory)
-    meta = read_json(
-        directory / "config.json", missing=f"{directory} is not an fmrilm model (no config.json)"
+    meta = read_meta(
+        directory / "config.json",
+        MODEL_FORMAT,
+        MODEL_FORMAT_VERSION,
+        missing=f"{directory} is not an fmrilm model (no config.json)",
+        wrong_format=f"{directory}: config.json is not an fmrilm stage-2 model",
+        wrong_version=f"{directory}: model format version {{found}} differs from this "
+        "fmrilm's {expected}",
     )
-    if meta.get("format") != MODEL_FORMAT:
-        raise FmrilmError(f"{directory}: config.json is not an fmrilm stage-2 model")
-    if meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise FmrilmError(
-            f"{directory}: model format version {meta.get('format_version')} differs from this "
-            f"fmrilm's {MODEL_FORMAT_VERSION}"
-        )
     weights = directory / "trainable.safetensors"
     if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
         raise FmrilmError(f"{weights}: missing, or its checksum does not match config.json")

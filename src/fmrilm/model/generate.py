@@ -16,26 +16,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fmrilm.errors import FmrilmError
-from fmrilm.model.fusion import FMRILM
-from fmrilm.model.objectives import DESCRIBE, prompt_parts, replay_example, span_vectors
+from fmrilm.model.objectives import (
+    DESCRIBE,
+    pad_id,
+    prompt_parts,
+    replay_example,
+    span_vectors,
+)
 from fmrilm.runtime import autocast
+
+if TYPE_CHECKING:
+    from fmrilm.model.fusion import FMRILM
 
 # ------------------------------------------------------------------------------------------
 # fMRI -> text
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise FmrilmError("the text tokenizer has neither a pad nor an eos token")
-    return int(pad)
 
 
 def prompt_ids(model: FMRILM, text_tokenizer, codes: np.ndarray, instruction: str = DESCRIBE):
@@ -95,7 +96,7 @@ def describe_batch(
     prompts = [prompt_ids(model, text_tokenizer, c, instruction) for c in codes]
     device = model.fmri_embed.weight.device
     n = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), n), _pad_id(text_tokenizer), dtype=torch.long, device=device)
+    ids = torch.full((len(prompts), n), pad_id(text_tokenizer), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         ids[i, n - len(p) :] = torch.tensor(p, device=device)
     vec = _vector_input(model, ids, codes, vectors)
@@ -130,7 +131,7 @@ def generate_from_ids(
         return ([], {"generated_tokens": 0, "seconds": 0.0}) if return_stats else []
     if max_new_tokens < 1:
         raise FmrilmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    pad = _pad_id(text_tokenizer)
+    pad = pad_id(text_tokenizer)
     eos = text_tokenizer.eos_token_id
     n = max(len(p) for p in prompts)
     device = model.fmri_embed.weight.device
@@ -354,8 +355,8 @@ def text_perplexity(
     """
     if not texts:
         raise FmrilmError("text_perplexity needs at least one text")
-    net = model_or_backbone.backbone if isinstance(model_or_backbone, FMRILM) else model_or_backbone
-    pad = _pad_id(tokenizer)
+    net = getattr(model_or_backbone, "backbone", model_or_backbone)  # FMRILM or a bare LM
+    pad = pad_id(tokenizer)
     examples = [replay_example(tokenizer, t) for t in texts]
     was_training = net.training
     net.eval()

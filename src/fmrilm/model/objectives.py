@@ -8,7 +8,7 @@ Three objectives, each a function that turns data into token ids plus a loss mas
   whose answer is one of the scan's descriptor texts from the corpus; the loss is on the answer;
 * **text replay**: plain text from the replay set; the loss is on every token.
 
-Ids follow :class:`fmrilm.model.fusion.FmriVocab`; the text tokenizer's chat template is used
+Ids follow :class:`fmrilm.model.vocab.FmriVocab`; the text tokenizer's chat template is used
 when it has one (SmolLM2-Instruct: ChatML), else a plain ``<span>\n<instruction>\nAnswer:`` format.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fmrilm.errors import FmrilmError
-from fmrilm.model.fusion import FmriVocab
+from fmrilm.model.vocab import FmriVocab
 
 PLACEHOLDER = "\x00FMRI\x00"
 DESCRIBE = "Describe this brain scan."
@@ -50,8 +50,17 @@ def temporal_example(vocab: FmriVocab, codes: np.ndarray, vectors=None) -> Examp
     return Example(ids, [True] * len(ids), "temporal", span_vectors(codes, vectors))
 
 
-def _text_ids(tokenizer, text: str) -> list[int]:
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the pad token, else end-of-sequence."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise FmrilmError("the text tokenizer has neither a pad nor an eos token")
+    return int(pad)
 
 
 def prompt_pieces(tokenizer, content: str, n_spans: int) -> list[list[int]]:
@@ -70,7 +79,7 @@ def prompt_pieces(tokenizer, content: str, n_spans: int) -> list[list[int]]:
         rendered = f"{content}\nAnswer:"
     if rendered.count(PLACEHOLDER) != n_spans:
         raise FmrilmError("the chat template dropped or repeated an fMRI placeholder")
-    return [_text_ids(tokenizer, piece) for piece in rendered.split(PLACEHOLDER)]
+    return [text_ids(tokenizer, piece) for piece in rendered.split(PLACEHOLDER)]
 
 
 def prompt_parts(tokenizer, instruction: str = DESCRIBE) -> tuple[list[int], list[int]]:
@@ -90,7 +99,7 @@ def description_example(
     before, after = prompt_parts(tokenizer, instruction)
     span = vocab.span(codes)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    reply = _text_ids(tokenizer, answer) + eos
+    reply = text_ids(tokenizer, answer) + eos
     ids = before + span + after + reply
     mask = [False] * (len(ids) - len(reply)) + [True] * len(reply)
     return Example(ids, mask, "description", span_vectors(codes, vectors))
@@ -99,7 +108,7 @@ def description_example(
 def replay_example(tokenizer, text: str) -> Example:
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    ids = bos + _text_ids(tokenizer, text) + eos
+    ids = bos + text_ids(tokenizer, text) + eos
     return Example(ids, [False] * len(bos) + [True] * (len(ids) - len(bos)), "replay")
 
 

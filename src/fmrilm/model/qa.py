@@ -2,7 +2,7 @@
 
 A prompt is a user turn given as *segments* -- ``("text", str)`` pieces and ``("scan", id)``
 placeholders where an fMRI span goes (few-shot exemplar scans first, the query scan last; see
-:mod:`fmrilm.instruct.prompts`), concatenated verbatim (text pieces carry their own newlines)
+:mod:`fmrilm.tasks.prompts`), concatenated verbatim (text pieces carry their own newlines)
 and rendered with the backbone's chat template (:func:`fmrilm.model.objectives.prompt_pieces`).
 ``[("scan", id), ("text", "\nDescribe this brain scan.")]`` is exactly stage 2's prompt.
 
@@ -21,17 +21,19 @@ and rendered with the backbone's chat template (:func:`fmrilm.model.objectives.p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fmrilm.errors import FmrilmError
-from fmrilm.model.fusion import FMRILM
-from fmrilm.model.generate import _pad_id, generate_from_ids
-from fmrilm.model.objectives import PLACEHOLDER, Example, _text_ids, prompt_pieces
+from fmrilm.model.generate import generate_from_ids
+from fmrilm.model.objectives import PLACEHOLDER, Example, pad_id, prompt_pieces, text_ids
 from fmrilm.runtime import autocast
+
+if TYPE_CHECKING:
+    from fmrilm.model.fusion import FMRILM
 
 Segments = Sequence[tuple[str, str]]
 SpanOf = Callable[[str], np.ndarray]  # scan id -> codes (ROIs, steps)
@@ -68,7 +70,7 @@ def render(
     mask = [False] * len(ids)
     if answer is not None:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        reply = _text_ids(tokenizer, answer) + eos
+        reply = text_ids(tokenizer, answer) + eos
         ids += reply
         mask += [True] * len(reply)
     return Example(ids, mask, kind)
@@ -96,7 +98,7 @@ def candidate_logprobs(
         raise FmrilmError("constrained scoring needs at least one candidate answer")
     eos = tokenizer.eos_token_id
     end = list(end) if end is not None else ([eos] if eos is not None else [])
-    seqs = [_text_ids(tokenizer, str(c)) + end for c in candidates]
+    seqs = [text_ids(tokenizer, str(c)) + end for c in candidates]
     if any(len(s) == 0 for s in seqs):
         raise FmrilmError("a candidate answer has no tokens")
     device = model.fmri_embed.weight.device
@@ -112,7 +114,7 @@ def candidate_logprobs(
         for i, s in enumerate(seqs):
             scores[i] = float(first[s[0]])
         rest = [i for i, s in enumerate(seqs) if len(s) > 1]
-        pad = _pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         for b in range(0, len(rest), batch_size):
             chunk = rest[b : b + batch_size]
             n = max(len(seqs[i]) for i in chunk) - 1

@@ -450,18 +450,18 @@ def self_generated_passages(
     the batch that passes ``max_seconds``; the passages are then a prefix of a longer run's, so
     ``n`` = the number kept reproduces them. Returns (records, stats).
     """
-    from fmrilm.model.backbones import _require_llm_stack
+    from fmrilm.llm.backbones import _require_llm_stack
 
     torch, _ = _require_llm_stack()  # a clear install hint when torch is missing
 
     if model is None or tokenizer is None:
-        from fmrilm.model import load_backbone
+        from fmrilm.llm import load_backbone
 
         model, tokenizer = load_backbone()
     if autocast is None:
-        from fmrilm.corpus.paraphrase import bf16_autocast_supported
+        from fmrilm.runtime import cpu_has_bf16
 
-        autocast = bf16_autocast_supported()
+        autocast = cpu_has_bf16()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation appends on the right

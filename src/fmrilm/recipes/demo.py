@@ -39,10 +39,9 @@ def run(
     instruct_overrides: tuple[str, ...] = (),
     eval_options: dict | None = None,
 ) -> dict:
-    from fmrilm.cli import format_summary
     from fmrilm.config import TokenizerConfig, load_config
     from fmrilm.corpus.build import Corpus, build_corpus
-    from fmrilm.data.cohort import Cohort
+    from fmrilm.data.cohort import Cohort, format_summary
     from fmrilm.data.ingest import import_source
     from fmrilm.data.simulate import SimulationConfig, simulate_cohort
     from fmrilm.data.splits import assign_splits
@@ -116,10 +115,10 @@ def run(
     print(f"(full records: fmrilm corpus show {out / 'sim_corpus'} {task_row['scan_id']})")
 
     print("\n== 6/9 stage 1: train a neural tokenizer on the simulated training split")
+    from fmrilm.evaluation.tokenizer import evaluate_tokenizer
     from fmrilm.recipes.tokenize import inspect_tokenizer
     from fmrilm.recipes.train_tokenizer import train_tokenizer
     from fmrilm.tokenizer import FMRITokenizer
-    from fmrilm.tokenizer.evaluate import evaluate_tokenizer
 
     tok_config = load_config(TokenizerConfig, tokenizer_config, tokenizer_overrides)
     summary = train_tokenizer(
@@ -188,7 +187,7 @@ def run(
     tuned = FMRILM.from_pretrained(out / "stage3")
     scan = sim.scan(test_id)
     atlas = sim.atlas(sim.row(test_id)["atlas"])
-    from fmrilm.instruct.tasks import Task
+    from fmrilm.tasks import Task
 
     task = Task.from_dict({t["name"]: t for t in tuned.info["instruct"]["tasks"]}["task_state"])
     question = task.question()

@@ -1,6 +1,6 @@
 """Stage 3 evaluation (``fmrilm eval``): questions about held-out scans, next to baselines.
 
-For each task (:mod:`fmrilm.instruct.tasks`) on its held-out rows (:func:`task_rows`, one scan
+For each task (:mod:`fmrilm.tasks.registry`) on its held-out rows (:func:`task_rows`, one scan
 per subject for subject-level tasks; the split is subject-disjoint):
 
 * ``zero-shot``: the question alone. Answers are scored two ways:
@@ -69,8 +69,8 @@ def answer_rows(
 
     With ``corpus`` (a CorpusView) every scan in the prompt carries its descriptor line.
     """
-    from fmrilm.instruct import fewshot_exemplars, make_example
     from fmrilm.model.qa import answer_free, candidate_logprobs, render, softmax
+    from fmrilm.tasks import fewshot_exemplars, make_example
 
     tok = model.text_tokenizer
     cands = list(task.candidate_texts())
@@ -132,13 +132,13 @@ def answer_multi(
     1..i-1 (as it would have written them), followed by a newline (the end of turn for the
     last one) -- the reply format the model was tuned on (:func:`format_answers`).
     """
-    from fmrilm.instruct import make_example
-    from fmrilm.model.objectives import _text_ids
+    from fmrilm.model.objectives import text_ids
     from fmrilm.model.qa import candidate_logprobs, render, softmax
+    from fmrilm.tasks import make_example
 
     tok = model.text_tokenizer
     rng = np.random.default_rng(seed)
-    newline = _text_ids(tok, "\n")
+    newline = text_ids(tok, "\n")
     out = {t.name: {"y_true": [], "y_pred": [], "proba": []} for t in tasks}
     t0 = time.perf_counter()
     for _, row in rows.iterrows():
@@ -147,7 +147,7 @@ def answer_multi(
         written = ""
         for i, name in enumerate(ex.tasks):
             task = next(t for t in tasks if t.name == name)
-            prefix = prompt + _text_ids(tok, f"{written}{i + 1}. ")
+            prefix = prompt + text_ids(tok, f"{written}{i + 1}. ")
             last = i == len(ex.tasks) - 1
             p = softmax(
                 candidate_logprobs(
@@ -195,9 +195,8 @@ def adapt_to_shots(
     import tempfile
 
     from fmrilm.config import InstructConfig
-    from fmrilm.instruct import fewshot_exemplars, make_example
-    from fmrilm.recipes.instruct import instruct_sampler
-    from fmrilm.recipes.pretrain import train_joint
+    from fmrilm.tasks import fewshot_exemplars, make_example
+    from fmrilm.training import instruct_sampler, train_joint
 
     rng = np.random.default_rng([seed, k])
     rows = fewshot_exemplars(cohort, task, k, rng, exclude_subject=None)
@@ -312,7 +311,7 @@ def fc_fewshot_curve(
 
 
 def _label_rows(cohort, task, split: str) -> pd.DataFrame:
-    from fmrilm.instruct import task_rows
+    from fmrilm.tasks import task_rows
 
     rows = task_rows(cohort, task, split).copy()
     rows["_label"] = [task.label(r) for _, r in rows.iterrows()]
@@ -403,11 +402,11 @@ def _oracle(cohort, task, test_rows, *, n_boot: int):
 
 def retrieval_both_ways(fmri_tok, cohort, rows: pd.DataFrame, corpus) -> dict[str, Any]:
     """fMRI -> text and text -> fMRI ranks among ``rows`` (scans with corpus texts)."""
-    from fmrilm.tokenizer.evaluate import retrieval_similarities
+    from fmrilm.evaluation.tokenizer import retrieval_similarities
 
     vecs = scan_embeddings(fmri_tok, cohort, rows)
     sims, _ = retrieval_similarities(vecs, rows["scan_id"].tolist(), corpus, fmri_tok)
-    from fmrilm.tokenizer.evaluate import retrieval_ranks
+    from fmrilm.evaluation.tokenizer import retrieval_ranks
 
     out = {}
     for name, s in (("fmri_to_text", sims), ("text_to_fmri", sims.T)):
@@ -465,13 +464,11 @@ def run_eval(
     from fmrilm.corpus.build import Corpus
     from fmrilm.data.cohort import Cohort
     from fmrilm.evaluation.report import method_entry, write_report
-    from fmrilm.instruct import resolve_tasks
-    from fmrilm.instruct.prompts import max_shots
-    from fmrilm.instruct.tasks import as_corpus_view
     from fmrilm.model.fusion import FMRILM
-    from fmrilm.recipes.instruct import encode_split, scan_span
-    from fmrilm.recipes.instruct import scan_steps as all_steps
     from fmrilm.runtime import use_bf16
+    from fmrilm.tasks import as_corpus_view, max_shots, resolve_tasks
+    from fmrilm.tokenizer.codes import encode_split, scan_span
+    from fmrilm.tokenizer.codes import scan_steps as all_steps
 
     bad = sorted(set(modes) - set(MODES))
     if bad or not modes:
@@ -785,7 +782,7 @@ def _multi_question(
 
 def descriptor_features(corpus, rows: pd.DataFrame) -> np.ndarray:
     """(n_rows, n_fields) z-values of the descriptor line's fields (0 where a scan lacks one)."""
-    from fmrilm.instruct.prompts import summary_fields
+    from fmrilm.tasks import summary_fields
 
     fields = [summary_fields(corpus.record(s)) for s in rows["scan_id"]]
     names = sorted({k for f in fields for k in f})
@@ -834,8 +831,8 @@ def _state_probe(
     prompt: does the joint model's reading of the scan carry the label, whatever it answers?"""
     from tqdm.auto import tqdm
 
-    from fmrilm.instruct import make_example
     from fmrilm.model.qa import prompt_state, render
+    from fmrilm.tasks import make_example
 
     both = pd.concat([train_rows, test_rows])
     states = []

@@ -95,7 +95,7 @@ def inspect_tokenizer(
     from fmrilm import plotting
     from fmrilm.data.cohort import Cohort
     from fmrilm.tokenizer import FMRITokenizer
-    from fmrilm.tokenizer.evaluate import full_windows
+    from fmrilm.tokenizer.codes import full_windows
 
     directory = Path(directory)
     tok = FMRITokenizer.from_pretrained(directory)

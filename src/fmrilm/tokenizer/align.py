@@ -96,7 +96,7 @@ def embed_texts(
         model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
         max_len = 256
     elif encoder == "llm":
-        from fmrilm.model.backbones import load_backbone
+        from fmrilm.llm.backbones import load_backbone
 
         causal, tok = load_backbone(llm or "smollm2-135m-instruct")
         model = causal.model.eval() if hasattr(causal, "model") else causal.eval()
@@ -125,10 +125,10 @@ def embed_texts(
 def llm_embedding_matrix(name: str) -> torch.Tensor:
     """The LLM's input word embeddings (vocab, dim), detached, float32.
 
-    ``name`` is a backbone name or folder (see :func:`fmrilm.model.backbones.load_backbone`), or
+    ``name`` is a backbone name or folder (see :func:`fmrilm.llm.backbones.load_backbone`), or
     ``tiny`` for the randomly initialised test model.
     """
-    from fmrilm.model.backbones import load_backbone
+    from fmrilm.llm.backbones import load_backbone
 
     model = load_backbone(name)[0]
     weight = model.get_input_embeddings().weight.detach().float().clone()

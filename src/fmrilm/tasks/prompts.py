@@ -36,7 +36,7 @@ import pandas as pd
 
 from fmrilm.data.cohort import Cohort
 from fmrilm.errors import FmrilmError
-from fmrilm.instruct.tasks import Task, as_corpus_view, resolve_tasks, task_rows
+from fmrilm.tasks.registry import Task, as_corpus_view, resolve_tasks, task_rows
 
 MULTI_HEADER = "Answer each question on its own numbered line."
 FEWSHOT_INTRO = (
