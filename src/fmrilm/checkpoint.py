@@ -14,8 +14,12 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
+from fmrilm._version import __version__
 from fmrilm.errors import FmrilmError
 from fmrilm.io import atomic_path
 
@@ -23,9 +27,6 @@ CHECKPOINT_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    import numpy
-
-    from fmrilm._version import __version__
 
     return {
         "fmrilm": __version__,
@@ -59,8 +60,6 @@ def save_checkpoint(
     trainable_only: bool = False,
 ) -> None:
     """``trainable_only`` stores the trainable parameters only (the frozen rest is reloaded)."""
-    from safetensors.torch import save_file
-
     state = trainable_state(model) if trainable_only else model.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     opt = optimizer.state_dict()
@@ -80,8 +79,6 @@ def save_checkpoint(
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("fmrilm")
@@ -102,8 +99,6 @@ def load_checkpoint(
     path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Restore model and optimizer in place; returns the metadata (step, config, history ...)."""
-    from safetensors.torch import load_file
-
     info = read_checkpoint_meta(path)
     tensors = load_file(str(path))
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -13,6 +13,7 @@ name the key and where it came from (the YAML file or the command line).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from fmrilm.errors import FmrilmError
+from fmrilm.io import write_text
 
 C = TypeVar("C")
 
@@ -307,7 +309,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    from fmrilm.io import write_text
 
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
@@ -316,8 +317,6 @@ def _check_keys(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        import difflib
-
         hint = difflib.get_close_matches(unknown[0], names, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise FmrilmError(f"{where}: unknown {cls.__name__} setting {unknown[0]!r}{extra}")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fmrilm.errors import FmrilmError
@@ -105,7 +106,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
 
     if isinstance(obj, np.integer):
         return int(obj)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -131,7 +133,7 @@ def shard_frozen_weights(model: torch.nn.Module, layers, keep: set) -> None:
     unchanged; what is sharded is the frozen weights, the memory that grows with the backbone.
     Needs an initialised process group (torchrun).
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # lazy: only under torchrun --fsdp
 
     for layer in layers:
         fully_shard(layer, ignored_params=keep)
@@ -167,9 +169,6 @@ def matmul_peak_flops(dtype=torch.float32, device: str = "cpu", n: int = 2048, r
     The denominator of model FLOP utilisation (MFU) at ``dtype`` -- measured, not a datasheet
     number, so it reflects this machine's cores/GPU and its current clock.
     """
-    import math
-    import time
-
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=dev, dtype=dtype)

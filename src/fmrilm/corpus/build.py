@@ -24,10 +24,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from fmrilm.corpus.descriptors import DESCRIPTOR_VERSION, Context, Descriptor, families
+from fmrilm.corpus.descriptors.dynamics import window_fc
 from fmrilm.corpus.norms import CorpusNorms, fit_norms, normable
+from fmrilm.corpus.paraphrase import Paraphraser, paraphrase_description
 from fmrilm.corpus.text import describe, leaked_labels
 from fmrilm.data.cohort import Cohort
 from fmrilm.data.scan import check_series
@@ -169,9 +173,6 @@ def build_corpus(
     changes a fact is rejected and the template sentence kept (``fmrilm.corpus.paraphrase``).
     Slow on a CPU: meant for small cohorts.
     """
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     out = Path(out)
     cohort = Cohort(cohort_dir)
@@ -208,8 +209,6 @@ def build_corpus(
             bar.update(len(rows))
             if paraphrase:
                 if paraphraser is None:
-                    from fmrilm.corpus.paraphrase import Paraphraser
-
                     paraphraser = paraphrase if callable(paraphrase) else Paraphraser()
                 _add_paraphrases(cohort, rows, results, paraphraser)
             write_parquet(out / "parts" / f"part-{p:05d}.parquet", pd.DataFrame(results))
@@ -225,8 +224,6 @@ def build_corpus(
 
 def _add_paraphrases(cohort: Cohort, rows: pd.DataFrame, results: list[dict], paraphraser) -> None:
     """Add ``paraphrases`` (checked rewrite of the first variant) and ``paraphrase_stats``."""
-    from fmrilm.corpus.paraphrase import paraphrase_description
-
     for (_, row), result in zip(rows.iterrows(), results, strict=True):
         if result["skipped"] or not result["texts"]:
             result["paraphrases"], result["paraphrase_stats"] = [], "{}"
@@ -262,9 +259,6 @@ def fit_corpus_norms(
     The descriptors are returned so the build reuses them instead of computing the training
     scans twice (only dynamic-FC states, which need the norms, are recomputed).
     """
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
     train = cohort.split("train")
     rows = [row for _, row in train.iterrows()]
     items = []
@@ -281,7 +275,6 @@ def fit_corpus_norms(
 
 
 def _raw_row(root: Path, row: pd.Series) -> tuple[str, str, list[Descriptor], np.ndarray]:
-    from fmrilm.corpus.descriptors.dynamics import window_fc
 
     ctx = scan_context(_cohort(root), row)
     return row["atlas"], row["scan_id"], compute_all(ctx), window_fc(ctx.series, ctx.tr)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fmrilm.corpus.descriptors.base import DESCRIPTOR_VERSION, AtlasNorms, Descriptor
+from fmrilm.corpus.descriptors.dynamics import fit_states
 from fmrilm.errors import FmrilmError
 from fmrilm.io import read_meta, write_json
 
@@ -113,8 +114,6 @@ def fit_norms(
     ``windowed FC`` is :func:`fmrilm.corpus.descriptors.dynamics.window_fc` of the scan,
     shape (n_windows, n_edges); the dynamic-FC states are k-means centroids of all of them.
     """
-    from fmrilm.corpus.descriptors.dynamics import fit_states
-
     values: dict[str, dict[str, list[float]]] = {}
     windows: dict[str, list[np.ndarray]] = {}
     counts: dict[str, int] = {}

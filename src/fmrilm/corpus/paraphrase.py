@@ -391,7 +391,7 @@ class Paraphraser:
         return out
 
     def _generate(self, sentences: list[str]) -> list[str]:
-        import torch
+        import torch  # the optional `llm` extra (see __init__)
 
         tok = self.tokenizer
         tok.padding_side = "left"  # generation appends on the right: pad on the left

@@ -195,23 +195,33 @@ def facts(
     record: dict[str, Any], rng: np.random.Generator, n_networks: int = 3
 ) -> list[tuple[str, dict]]:
     """(kind, fields) for every sentence a description of ``record`` may state."""
-    out: list[tuple[str, dict]] = []
+    found = [
+        *_connectivity_facts(record, rng, n_networks),
+        *_graph_facts(record),
+        *_signal_facts(record),
+        *_dynamics_facts(record),
+        *_task_facts(record),
+        ("motion", _scalar_fact(record, "quality.fd_mean")),
+        ("tsnr", _scalar_fact(record, "quality.tsnr", 0)),
+    ]
+    return [(kind, fields) for kind, fields in found if fields is not None]
 
-    def add(kind: str, fields: dict | None) -> None:
-        if fields is not None:
-            out.append((kind, fields))
 
-    add("fc_mean", _scalar_fact(record, "fc.mean"))
+Fact = tuple[str, dict | None]
+
+
+def _connectivity_facts(record: dict[str, Any], rng: np.random.Generator, n_networks: int):
+    out: list[Fact] = [("fc_mean", _scalar_fact(record, "fc.mean"))]
     # compact profiles keep each network next to its word (what a bag-of-words model can use)
     profile = [
         f"{n.split('.')[-1]} {_qual_of(record, n)}" for n in sorted(_ranked(record, "fc.within."))
     ]
     if profile:
-        add("within_profile", {"profile": ", ".join(profile), "_name": "fc.within.*"})
+        out.append(("within_profile", {"profile": ", ".join(profile), "_name": "fc.within.*"}))
     between = sorted(_ranked(record, "fc.between."))
     if between:
         pairs = [f"{n.split('.')[-1].replace('__', '-')} {_qual_of(record, n)}" for n in between]
-        add("between_profile", {"pairs": ", ".join(pairs), "_name": "fc.between.*"})
+        out.append(("between_profile", {"pairs": ", ".join(pairs), "_name": "fc.between.*"}))
     within = _ranked(record, "fc.within.")
     # the most deviant networks always; sometimes one more at random for variety
     chosen = within[:n_networks]
@@ -219,70 +229,76 @@ def facts(
     if rest and rng.random() < 0.5:
         chosen = chosen + [rest[rng.integers(len(rest))]]
     for name in chosen:
-        add("fc_within", _scalar_fact(record, name, net=name.split(".")[-1]))
+        out.append(("fc_within", _scalar_fact(record, name, net=name.split(".")[-1])))
     for name in _ranked(record, "fc.between.")[:2]:
         a, b = name.split(".")[-1].split("__")
-        add("fc_between", _scalar_fact(record, name, a=a, b=b))
-    add("efficiency", _scalar_fact(record, "graph.global_efficiency", 3))
+        out.append(("fc_between", _scalar_fact(record, name, a=a, b=b)))
+    return out
+
+
+def _graph_facts(record: dict[str, Any]) -> list[Fact]:
+    out: list[Fact] = [("efficiency", _scalar_fact(record, "graph.global_efficiency", 3))]
     mod = _scalar_fact(record, "graph.modularity")
     if mod is not None and "graph.n_modules" in record:
         mod["n"] = str(int(record["graph.n_modules"]["value"]))
         mod["_also"] = ["graph.n_modules"]
-        add("modularity", mod)
+        out.append(("modularity", mod))
     if "graph.hubs" in record:
-        add("hubs", {"hubs": ", ".join(record["graph.hubs"]["value"]), "_name": "graph.hubs"})
-    if all(
-        k in record
-        for k in ("gradients.anchor_low", "gradients.anchor_high", "gradients.principal_range")
-    ):
-        add(
-            "gradient",
-            {
-                "low": record["gradients.anchor_low"]["value"],
-                "high": record["gradients.anchor_high"]["value"],
-                "value": fmt(record["gradients.principal_range"]["value"]),
-                "_name": "gradients.principal_range",
-            },
-        )
+        hubs = {"hubs": ", ".join(record["graph.hubs"]["value"]), "_name": "graph.hubs"}
+        out.append(("hubs", hubs))
+    keys = ("gradients.anchor_low", "gradients.anchor_high", "gradients.principal_range")
+    if all(k in record for k in keys):
+        gradient = {
+            "low": record["gradients.anchor_low"]["value"],
+            "high": record["gradients.anchor_high"]["value"],
+            "value": fmt(record["gradients.principal_range"]["value"]),
+            "_name": "gradients.principal_range",
+        }
+        out.append(("gradient", gradient))
+    return out
+
+
+def _signal_facts(record: dict[str, Any]) -> list[Fact]:
+    out: list[Fact] = []
     falff = _ranked(record, "spectral.falff.")
     if falff:
-        add("falff", _scalar_fact(record, falff[0], 3, net=falff[0].split(".")[-1]))
-    add("timescale", _scalar_fact(record, "spectral.timescale_s", 1))
-    add("global_signal", _scalar_fact(record, "spectral.global_signal_sd"))
-    add("dyn_var", _scalar_fact(record, "dynamics.fc_variability", 3))
-    if all(
-        k in record
-        for k in ("dynamics.occupancy", "dynamics.dominant_state", "dynamics.mean_dwell_s")
-    ):
+        out.append(("falff", _scalar_fact(record, falff[0], 3, net=falff[0].split(".")[-1])))
+    out.append(("timescale", _scalar_fact(record, "spectral.timescale_s", 1)))
+    out.append(("global_signal", _scalar_fact(record, "spectral.global_signal_sd")))
+    return out
+
+
+def _dynamics_facts(record: dict[str, Any]) -> list[Fact]:
+    out: list[Fact] = [("dyn_var", _scalar_fact(record, "dynamics.fc_variability", 3))]
+    keys = ("dynamics.occupancy", "dynamics.dominant_state", "dynamics.mean_dwell_s")
+    if all(k in record for k in keys):
         state = int(record["dynamics.dominant_state"]["value"])
         occ = record["dynamics.occupancy"]["value"][state - 1]
-        add(
-            "dyn_state",
-            {
-                "state": str(state),
-                "pct": str(int(round(100 * occ))),
-                "dwell": fmt(record["dynamics.mean_dwell_s"]["value"], 0),
-                "rate": fmt(record.get("dynamics.transitions_per_min", {"value": 0.0})["value"], 1),
-                "_name": "dynamics.dominant_state",
-            },
-        )
-    strongest = record.get("task.strongest_networks", {}).get("value")
-    if strongest and len(strongest) >= 2:
-        t1 = record[f"task.response.{strongest[0]}"]["value"]
-        t2 = record[f"task.response.{strongest[1]}"]["value"]
-        add(
-            "response",
-            {
-                "a": strongest[0],
-                "b": strongest[1],
-                "t1": fmt(t1, 1),
-                "t2": fmt(t2, 1),
-                "_name": "task.strongest_networks",
-            },
-        )
-    add("motion", _scalar_fact(record, "quality.fd_mean"))
-    add("tsnr", _scalar_fact(record, "quality.tsnr", 0))
+        fields = {
+            "state": str(state),
+            "pct": str(int(round(100 * occ))),
+            "dwell": fmt(record["dynamics.mean_dwell_s"]["value"], 0),
+            "rate": fmt(record.get("dynamics.transitions_per_min", {"value": 0.0})["value"], 1),
+            "_name": "dynamics.dominant_state",
+        }
+        out.append(("dyn_state", fields))
     return out
+
+
+def _task_facts(record: dict[str, Any]) -> list[Fact]:
+    strongest = record.get("task.strongest_networks", {}).get("value")
+    if not strongest or len(strongest) < 2:
+        return []
+    t1 = record[f"task.response.{strongest[0]}"]["value"]
+    t2 = record[f"task.response.{strongest[1]}"]["value"]
+    fields = {
+        "a": strongest[0],
+        "b": strongest[1],
+        "t1": fmt(t1, 1),
+        "t2": fmt(t2, 1),
+        "_name": "task.strongest_networks",
+    }
+    return [("response", fields)]
 
 
 def _qual_of(record: dict[str, Any], name: str) -> str:

@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from nilearn import datasets
+from scipy import ndimage
 
 from fmrilm.data.networks import aal_network
 from fmrilm.errors import FmrilmError
+from fmrilm.io import write_text
 
 ROI_COLUMNS = ("name", "x", "y", "z", "network")
 DEFAULT_ATLAS = "aal3"
@@ -107,7 +112,6 @@ class Atlas:
         return Atlas(name or self.name, rows, self.image)
 
     def to_tsv(self, path: Path) -> None:
-        from fmrilm.io import write_text
 
         write_text(path, self.rois.to_csv(sep="\t", index=False))
 
@@ -225,7 +229,6 @@ def _image_atlas_builtin(key: str) -> Atlas:
 
 @functools.lru_cache(maxsize=4)
 def _coord_atlas(key: str) -> Atlas:
-    from nilearn import datasets
 
     if key == "power264":
         b = datasets.fetch_coords_power_2011()
@@ -260,8 +263,7 @@ def _coord_atlas(key: str) -> Atlas:
 
 
 def _neurolib_names(subcortical: bool) -> list[str]:
-    import logging
-
+    # lazy: neurolib takes seconds to import and is needed only for its builtin atlas
     from neurolib.utils.atlases import AutomatedAnatomicalParcellation2
 
     # neurolib logs a harmless "reindexing" warning when building the atlas
@@ -290,9 +292,6 @@ def _aal_centroid_table(names: list[str]) -> pd.DataFrame:
 @functools.lru_cache(maxsize=8)
 def _centroids(image: str) -> dict[int, tuple[float, float, float]]:
     """Centroid (MNI mm) of every non-zero label value of a 3-D label image."""
-    import nibabel as nib
-    from scipy import ndimage
-
     try:
         img = nib.load(image)
         data = np.asarray(img.dataobj)

@@ -20,6 +20,7 @@ unreferenced shard, which the next writer deletes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from collections import OrderedDict
@@ -33,6 +34,7 @@ import pandas as pd
 
 from fmrilm.data.atlas import Atlas
 from fmrilm.data.scan import EVENT_COLUMNS, Scan, check_series
+from fmrilm.data.splits import check_splits
 from fmrilm.errors import FmrilmError
 from fmrilm.io import atomic_path, read_meta, write_json, write_parquet
 
@@ -206,8 +208,6 @@ class Cohort:
 
     def split(self, name: str) -> pd.DataFrame:
         """Manifest rows of one split (checked for subject leakage first)."""
-        from fmrilm.data.splits import check_splits
-
         if name not in SPLITS:
             raise FmrilmError(f"split must be one of {SPLITS}, got {name!r}")
         check_splits(self.manifest)
@@ -218,8 +218,6 @@ class Cohort:
 
     def set_splits(self, splits: pd.Series) -> None:
         """Store a split per scan (a Series indexed like the manifest) atomically."""
-        from fmrilm.data.splits import check_splits
-
         manifest = self.manifest.copy()
         manifest["split"] = splits.reindex(manifest.index).fillna("").astype(str).to_numpy()
         check_splits(manifest)
@@ -311,57 +309,10 @@ class CohortWriter:
         self.mode = mode
         self.shard_bytes = int(shard_mb * 2**20)
         self.preprocessing = json.loads(json.dumps(preprocessing))  # plain JSON types
-        exists = (self.root / "cohort.json").exists()
-        if exists:
-            if mode == "create":
-                n = (
-                    len(pd.read_parquet(self.root / "manifest.parquet"))
-                    if (self.root / "manifest.parquet").exists()
-                    else 0
-                )
-                raise FmrilmError(
-                    f"{self.root} already holds a cohort ({n} scans); choose another --out, or "
-                    "extend it with 'data import --append' (or '--resume' after an interruption)"
-                )
-            self.meta = _read_meta(self.root)
-            if self.meta.get("preprocessing") != self.preprocessing:
-                raise FmrilmError(
-                    f"{self.root} holds a different cohort: it was preprocessed with "
-                    f"{_diff(self.meta.get('preprocessing', {}), self.preprocessing)}; append only data "
-                    "processed the same way, or write to another --out"
-                )
-            path = self.root / "manifest.parquet"
-            # no manifest: the first commit crashed after cohort.json, so nothing was committed
-            self.manifest = (
-                pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(BASE_COLUMNS))
-            )
-            ev = self.root / "events.parquet"
-            self.events = pd.read_parquet(ev) if ev.exists() else None
-            if (
-                self.events is not None
-            ):  # drop events of scans whose commit never reached the manifest
-                self.events = self.events[self.events["scan_id"].isin(self.manifest["scan_id"])]
+        if (self.root / "cohort.json").exists():
+            self._open_existing()
         else:
-            if self.root.exists() and any(
-                p
-                for p in self.root.iterdir()
-                if not p.name.startswith(".") and not _is_uncommitted_skeleton(p)
-            ):
-                raise FmrilmError(
-                    f"{self.root} is not empty and holds no cohort; choose an empty or new --out"
-                )
-            self.meta = {
-                "format": FORMAT_NAME,
-                "version": FORMAT_VERSION,
-                "cohort_id": uuid.uuid4().hex,
-                "created": _now(),
-                "description": description,
-                "preprocessing": self.preprocessing,
-                "phenotypes": {},
-                "sources": [],
-            }
-            self.manifest = pd.DataFrame(columns=list(BASE_COLUMNS))
-            self.events = None
+            self._start_new(description)
         (self.root / "arrays").mkdir(parents=True, exist_ok=True)
         (self.root / "atlases").mkdir(parents=True, exist_ok=True)
         self._clean_orphans()
@@ -377,6 +328,58 @@ class CohortWriter:
         self._offset = 0
         self.n_added = 0
         self.n_skipped = 0
+
+    def _open_existing(self) -> None:
+        """Append to (or resume) the cohort at ``root``: same preprocessing, committed rows."""
+        if self.mode == "create":
+            n = (
+                len(pd.read_parquet(self.root / "manifest.parquet"))
+                if (self.root / "manifest.parquet").exists()
+                else 0
+            )
+            raise FmrilmError(
+                f"{self.root} already holds a cohort ({n} scans); choose another --out, or "
+                "extend it with 'data import --append' (or '--resume' after an interruption)"
+            )
+        self.meta = _read_meta(self.root)
+        if self.meta.get("preprocessing") != self.preprocessing:
+            raise FmrilmError(
+                f"{self.root} holds a different cohort: it was preprocessed with "
+                f"{_diff(self.meta.get('preprocessing', {}), self.preprocessing)}; append only data "
+                "processed the same way, or write to another --out"
+            )
+        path = self.root / "manifest.parquet"
+        # no manifest: the first commit crashed after cohort.json, so nothing was committed
+        self.manifest = (
+            pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(BASE_COLUMNS))
+        )
+        ev = self.root / "events.parquet"
+        self.events = pd.read_parquet(ev) if ev.exists() else None
+        if self.events is not None:  # drop events of scans whose commit never reached the manifest
+            self.events = self.events[self.events["scan_id"].isin(self.manifest["scan_id"])]
+
+    def _start_new(self, description: str) -> None:
+        """A new cohort in an empty (or missing) ``root``."""
+        if self.root.exists() and any(
+            p
+            for p in self.root.iterdir()
+            if not p.name.startswith(".") and not _is_uncommitted_skeleton(p)
+        ):
+            raise FmrilmError(
+                f"{self.root} is not empty and holds no cohort; choose an empty or new --out"
+            )
+        self.meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "cohort_id": uuid.uuid4().hex,
+            "created": _now(),
+            "description": description,
+            "preprocessing": self.preprocessing,
+            "phenotypes": {},
+            "sources": [],
+        }
+        self.manifest = pd.DataFrame(columns=list(BASE_COLUMNS))
+        self.events = None
 
     # -- context manager -----------------------------------------------------------------
     def __enter__(self) -> CohortWriter:
@@ -467,8 +470,6 @@ class CohortWriter:
         """Close the open shard and publish its scans in the manifest (atomic)."""
         if self._fh is not None:
             self._fh.flush()
-            import os
-
             os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None

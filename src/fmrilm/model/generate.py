@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from fmrilm.model.objectives import (
     span_vectors,
 )
 from fmrilm.runtime import autocast
+from fmrilm.tokenizer.codes import complete_steps
 
 if TYPE_CHECKING:
     from fmrilm.model.fusion import FMRILM
@@ -125,8 +127,6 @@ def generate_from_ids(
     continuous-ablation inputs aligned with the left-padded ids. Returns a list of strings, or
     ``(strings, stats)`` with ``return_stats``.
     """
-    import time
-
     if not len(prompts):
         return ([], {"generated_tokens": 0, "seconds": 0.0}) if return_stats else []
     if max_new_tokens < 1:
@@ -189,13 +189,6 @@ def describe(
 # temporal prediction
 
 
-def valid_patches(window: np.ndarray) -> int:
-    """Number of leading complete time steps of a window (a short last window has -1 codes)."""
-    window = np.asarray(window)
-    bad = (window < 0).any(axis=0)
-    return int(np.argmax(bad)) if bad.any() else window.shape[1]
-
-
 def held_out_spans(
     scan_codes: Iterable[np.ndarray],
     span_patches: int,
@@ -214,7 +207,7 @@ def held_out_spans(
     spans, vecs = [], []
     for k, codes in enumerate(scan_codes):
         for j, w in enumerate(np.asarray(codes)):
-            valid = valid_patches(w)
+            valid = complete_steps(w)
             for s in range(0, valid - span_patches + 1, span_patches):
                 spans.append(w[:, s : s + span_patches])
                 if scan_vectors is not None:
@@ -237,8 +230,32 @@ def code_counts(windows: Iterable[np.ndarray], n_codes: int) -> np.ndarray:
 
 def _targets(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(targets, previous-step codes): codes of steps 2..n, ROI by ROI, step by step."""
-    w = np.asarray(window)[:, : valid_patches(window)]
+    w = np.asarray(window)[:, : complete_steps(window)]
     return w[:, 1:].T.ravel(), w[:, :-1].T.ravel()
+
+
+def _teacher_forcing_batch(model: FMRILM, chunk: Sequence[np.ndarray]):
+    """Padded ids (B, L) and mask of a batch of spans, the (row, column) of every hidden state
+    that predicts a code of steps 2..n, and those targets with the previous step's codes."""
+    seqs = [model.vocab.span(c[:, : complete_steps(c)]) for c in chunk]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), model.vocab.end, dtype=torch.long)
+    att = torch.zeros((len(seqs), length), dtype=torch.long)
+    pos_rows, pos_cols, targets, previous = [], [], [], []
+    for i, (c, s) in enumerate(zip(chunk, seqs, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        rois, steps = c.shape[0], complete_steps(c)
+        for t in range(1, steps):  # 0-based step t >= 1: steps 2..n
+            first = 1 + t * (rois + 1) + 1  # <fmri>, then per step <step> + R codes
+            for r in range(rois):
+                pos_rows.append(i)
+                pos_cols.append(first + r - 1)  # hidden state before the target
+        tgt, prev = _targets(c)
+        targets.append(tgt)
+        previous.append(prev)
+    rows, cols = torch.tensor(pos_rows), torch.tensor(pos_cols)
+    return ids, att, rows, cols, np.concatenate(targets), np.concatenate(previous)
 
 
 @torch.no_grad()
@@ -275,7 +292,7 @@ def code_predictions(
     train_counts = np.asarray(train_counts, dtype=np.float64)
     if train_counts.shape != (n_codes,):
         raise FmrilmError(f"train_counts must have {n_codes} entries, got {train_counts.shape}")
-    keep = [i for i, c in enumerate(codes_batch) if valid_patches(c) >= 2]
+    keep = [i for i, c in enumerate(codes_batch) if complete_steps(c) >= 2]
     spans = [np.asarray(codes_batch[i]) for i in keep]
     span_vecs = None if vectors is None else [vectors[i] for i in keep]
     if not spans:
@@ -292,35 +309,18 @@ def code_predictions(
         for b in range(0, len(spans), batch_size):
             chunk = spans[b : b + batch_size]
             chunk_vecs = None if span_vecs is None else span_vecs[b : b + batch_size]
-            seqs = [model.vocab.span(c[:, : valid_patches(c)]) for c in chunk]
-            length = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), length), model.vocab.end, dtype=torch.long)
-            att = torch.zeros((len(seqs), length), dtype=torch.long)
-            pos_rows, pos_cols, target_list = [], [], []
-            for i, (c, s) in enumerate(zip(chunk, seqs, strict=True)):
-                ids[i, : len(s)] = torch.tensor(s)
-                att[i, : len(s)] = 1
-                rois, steps = c.shape[0], valid_patches(c)
-                for t in range(1, steps):  # 0-based step t >= 1: steps 2..n
-                    first = 1 + t * (rois + 1) + 1  # <fmri>, then per step <step> + R codes
-                    for r in range(rois):
-                        pos_rows.append(i)
-                        pos_cols.append(first + r - 1)  # hidden state before the target
-                targets, previous = _targets(c)
-                target_list.append(targets)
-                uni_nll -= float(log_unigram[targets].sum())
-                uni_correct += int((targets == top).sum())
-                copy_correct += int((targets == previous).sum())
+            ids, att, rows, cols, targets, previous = _teacher_forcing_batch(model, chunk)
+            uni_nll -= float(log_unigram[targets].sum())
+            uni_correct += int((targets == top).sum())
+            copy_correct += int((targets == previous).sum())
             ids, att = ids.to(device), att.to(device)
             with autocast(bf16, device.type):
                 vec = _vector_input(model, ids, chunk, chunk_vecs)
                 h = model.hidden_states(ids, att, vec)
-            h = h[torch.tensor(pos_rows), torch.tensor(pos_cols)]
-            logits = model.fmri_head(h.to(model.fmri_head.weight.dtype)).float()
-            target = torch.from_numpy(np.concatenate(target_list)).to(device)
+            logits = model.fmri_head(h[rows, cols].to(model.fmri_head.weight.dtype)).float()
+            target = torch.from_numpy(targets).to(device)
             # sanity: the positions picked are exactly the code ids of steps 2..n
-            expected = ids[torch.tensor(pos_rows), torch.tensor(pos_cols) + 1]
-            if not torch.equal(expected - model.vocab.text_size, target):
+            if not torch.equal(ids[rows, cols + 1] - model.vocab.text_size, target):
                 raise FmrilmError("internal error: span layout differs from FmriVocab.span")
             nll += float(F.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(-1) == target).sum())

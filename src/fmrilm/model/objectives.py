@@ -21,6 +21,7 @@ import torch
 
 from fmrilm.errors import FmrilmError
 from fmrilm.model.vocab import FmriVocab
+from fmrilm.tokenizer.codes import complete_steps
 
 PLACEHOLDER = "\x00FMRI\x00"
 DESCRIBE = "Describe this brain scan."
@@ -39,9 +40,7 @@ def span_vectors(codes: np.ndarray, vectors: np.ndarray | None) -> np.ndarray | 
     """A window's (ROIs, patches, dim) vectors in the order of its span's code tokens."""
     if vectors is None:
         return None
-    n = 0
-    while n < codes.shape[1] and (codes[:, n] >= 0).all():
-        n += 1
+    n = complete_steps(codes)
     return np.ascontiguousarray(vectors[:, :n].transpose(1, 0, 2).reshape(-1, vectors.shape[-1]))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fmrilm.errors import FmrilmError
+from fmrilm.tokenizer.codes import complete_steps
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,9 @@ class FmriVocab:
                 f"a window's codes must have shape (ROIs, patches), got {codes.shape}"
             )
         ids = [self.start]
-        for p in range(codes.shape[1]):
-            col = codes[:, p]
-            if (col < 0).any():  # a short last window: stop at the first missing patch
-                break
+        # a short last window: stop at the first missing patch
+        for p in range(complete_steps(codes)):
             ids.append(self.step)
-            ids.extend(self.codes_to_ids(col).tolist())
+            ids.extend(self.codes_to_ids(codes[:, p]).tolist())
         ids.append(self.end)
         return ids

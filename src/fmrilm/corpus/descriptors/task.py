@@ -18,6 +18,9 @@ import math
 
 import numpy as np
 import pandas as pd
+from nilearn.glm.contrasts import compute_contrast
+from nilearn.glm.first_level import run_glm
+from nilearn.glm.first_level.hemodynamic_models import compute_regressor
 
 from fmrilm.corpus.descriptors._common import NO_NETWORKS, network_signals, note
 from fmrilm.corpus.descriptors.base import Context, Descriptor
@@ -34,8 +37,6 @@ _GLM = (
 def design_matrix(events: pd.DataFrame, n_frames: int, tr: float) -> np.ndarray:
     """(n_frames, n_conditions + 2): one HRF regressor per condition with events in the scan,
     an intercept and a linear drift. Conditions are ordered by name."""
-    from nilearn.glm.first_level.hemodynamic_models import compute_regressor
-
     frame_times = np.arange(n_frames) * tr
     # nilearn convolves directly on a TR/50 grid: ~5 ms per condition at TR 0.72 s. A ~0.1 s grid
     # is 4x cheaper and moves the regressor by < 2.5 % of its peak (t changes by < 1 %)
@@ -57,9 +58,6 @@ def design_matrix(events: pd.DataFrame, n_frames: int, tr: float) -> np.ndarray:
 
 def condition_t(X: np.ndarray, Y: np.ndarray, n_conditions: int) -> np.ndarray:
     """AR(1) GLM t-statistics of the first ``n_conditions`` columns of X, (n_conditions, n_y)."""
-    from nilearn.glm.contrasts import compute_contrast
-    from nilearn.glm.first_level import run_glm
-
     labels, results = run_glm(Y, X, noise_model="ar1", n_jobs=1)
     identity = np.eye(X.shape[1])
     return np.vstack(

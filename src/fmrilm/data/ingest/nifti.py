@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import warnings
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nilearn.maskers import NiftiLabelsMasker
 
 from fmrilm.data.atlas import DEFAULT_ATLAS, Atlas, load_atlas
 from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
@@ -58,8 +61,6 @@ def volume_atlas(options: ImportOptions) -> Atlas:
 
 def open_image(path: Path):
     """The NIfTI header and affine (data stay on disk); a 4-D image is required."""
-    import nibabel as nib
-
     try:
         img = nib.load(str(path))
     except (*_READ_ERRORS, nib.filebasedimages.ImageFileError) as exc:
@@ -130,8 +131,6 @@ def parcellate(path: Path, atlas: Atlas) -> tuple[np.ndarray, Atlas]:
     Masker columns follow ``region_ids_`` (label values present after resampling), never their
     position: labels can vanish on a coarse grid.
     """
-    from nilearn.maskers import NiftiLabelsMasker
-
     img = read_image(path)
     masker = NiftiLabelsMasker(
         labels_img=str(atlas.image),
@@ -157,8 +156,6 @@ def parcellate(path: Path, atlas: Atlas) -> tuple[np.ndarray, Atlas]:
 
 def read_image(path: Path):
     """The 4-D image with its data in memory; a corrupt or truncated file is named as such."""
-    import nibabel as nib
-
     img = open_image(path)
     try:
         data = np.asanyarray(img.dataobj)
@@ -177,8 +174,6 @@ def finite_mask(img, path: Path):
     Some pipelines (SPM) write NaN outside the brain: such voxels are left out of the region
     means. A voxel that is NaN/Inf in only some frames is corrupt data and is refused.
     """
-    import nibabel as nib
-
     data = np.asanyarray(img.dataobj)
     if not np.issubdtype(data.dtype, np.floating):
         return None  # integer images cannot hold NaN
@@ -230,8 +225,6 @@ def discover(path: Path, options: ImportOptions) -> list[RawRun]:
 @functools.lru_cache(maxsize=8)
 def _atlas_box(image: str) -> tuple[np.ndarray, np.ndarray]:
     """MNI bounding box (mm) of the non-zero voxels of a label image."""
-    import nibabel as nib
-
     img = nib.load(image)
     ijk = np.argwhere(np.asarray(img.dataobj) != 0)
     corners = np.array([ijk.min(axis=0) - 0.5, ijk.max(axis=0) + 0.5])
@@ -245,9 +238,6 @@ def _image_box(img) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _box(affine: np.ndarray, ijk_range: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import itertools
-
-    import nibabel as nib
 
     corners = np.array(list(itertools.product(*ijk_range.T)))  # the 8 corners of the voxel box
     xyz = nib.affines.apply_affine(affine, corners)

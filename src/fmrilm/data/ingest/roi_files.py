@@ -28,8 +28,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
+from scipy.io import loadmat, whosmat
 
 from fmrilm.data.atlas import Atlas, load_atlas, resolve_roi_names
 from fmrilm.data.ingest.base import ImportOptions, Loaded, RawRun
@@ -137,13 +139,9 @@ def read_array(ref: ArrayRef) -> np.ndarray:
     path = ref.path
     try:
         if ref.hdf5:
-            import h5py
-
             with h5py.File(path, "r") as f:
                 data = np.asarray(f[ref.key][()])
         elif path.suffix == ".mat":
-            from scipy.io import loadmat
-
             data = loadmat(path, variable_names=[ref.key])[ref.key]
         elif path.suffix == ".npy":
             data = np.load(path, allow_pickle=False)
@@ -236,7 +234,6 @@ def _array_ref(path: Path, requested: str | None) -> ArrayRef:
     """Resolve ``--key`` (or the only 2-D array) for container formats."""
     if not path.is_file():
         raise FmrilmError(f"{path} does not exist")
-    import h5py
 
     if path.suffix not in (".h5", ".hdf5", ".mat"):
         if requested:
@@ -250,8 +247,6 @@ def _array_ref(path: Path, requested: str | None) -> ArrayRef:
 
 def _hdf5_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
     """Every dataset of an HDF5 file: ``{key: (shape, numeric)}``."""
-    import h5py
-
     found: dict[str, tuple[tuple[int, ...], bool]] = {}
 
     def visit(name: str, obj) -> None:
@@ -267,7 +262,6 @@ def _hdf5_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
 
 
 def _mat_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
-    from scipy.io import whosmat
 
     try:
         return {name: (tuple(shape), cls in _MAT_NUMERIC) for name, shape, cls in whosmat(path)}
