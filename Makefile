@@ -42,7 +42,7 @@ test-all: lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(BIN)/python -m fmrilm.recipes.demo --out $(DEMO_OUT)
+	$(BIN)/fmrilm demo --out $(DEMO_OUT)
 
 # Every number in README/docs; results land in benchmarks/results/ (about 3 hours on 2 cores:
 # the stage-2 and stage-3 runs train SmolLM2 adapters on the tokenizer benchmark's cohort).

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import peak_rss_mb, write_result
 
 DEFAULT_SIZES = (250, 500, 1000, 2000, 4000)
 QUICK_SIZES = (50, 100, 200)
@@ -44,12 +43,6 @@ BYTES_PER_VALUE = 4  # float32
 
 
 # -- child processes: one write or one read pass, printing a JSON line -------------------------
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (ru_maxrss is KiB on Linux)."""
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
-
-
 def anon_rss_mb() -> float | None:
     """Current anonymous (heap) resident memory: RSS without mapped file pages. Linux only."""
     try:
@@ -245,7 +238,7 @@ def check_disk(workdir: Path, sizes: list[int], n_rois: int, n_frames: int) -> i
     return free
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", help="comma-separated scan counts (default 250,500,1000,2000,4000)")
     p.add_argument(
@@ -262,6 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", choices=("write", "read"), help=argparse.SUPPRESS)
     p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--scans", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def _fit_summary(fit: dict) -> dict:
+    return {
+        "s_per_scan": round(fit["slope"], 6),
+        "intercept_s": round(fit["intercept"], 3),
+        "r2": round(fit["r2"], 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
 
     if args.child == "write":
@@ -311,22 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             "random_reads": RANDOM_READS,
             "page_cache": "evicted before each read pass (posix_fadvise DONTNEED)",
             "dir_free_gb": round(free / 1e9, 1),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "platform": platform.platform(),
         },
         "sizes": rows,
-        "write_fit": {
-            "s_per_scan": round(fit["slope"], 6),
-            "intercept_s": round(fit["intercept"], 3),
-            "r2": round(fit["r2"], 4),
-        },
-        "stream_fit": {
-            "s_per_scan": round(stream_fit["slope"], 6),
-            "intercept_s": round(stream_fit["intercept"], 3),
-            "r2": round(stream_fit["r2"], 4),
-        },
+        "write_fit": _fit_summary(fit),
+        "stream_fit": _fit_summary(stream_fit),
         "peak_rss_ratio_largest_vs_smallest": round(
             rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3
         ),
@@ -334,10 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[-1]["read"]["stream_peak_rss_mb"] / rows[0]["read"]["stream_peak_rss_mb"], 3
         ),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_result(args.out, result)
     return 0
 
 

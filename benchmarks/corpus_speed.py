@@ -28,9 +28,6 @@ single-process run the mean milliseconds and the share of time of each family.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from _common import write_result
 
 HCP_TR = 0.72
 UKB_ROIS, UKB_FRAMES, UKB_TR = 450, 490, 0.735
@@ -215,29 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name}: {results[name]}", file=sys.stderr)
 
-    import networkx
-    import scipy
-
     result = {
         "config": {
             "families": list(fams),
             "skipped_families": skipped,
             "single_process_blas_threads": 1,
             "jobs": args.jobs,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-            "networkx": networkx.__version__,
-            "platform": platform.platform(),
         },
         "cases": results,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(args.out, result)
     return 0
 
 

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import write_result
 
 
 def text_classifier(corpus, cohort, label: str, rows, n_boot: int) -> dict:
@@ -161,11 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             },
             "example_text": hc.table["texts"].iloc[0][0],
         }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return result
+    return write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import write_result
 
 VOLUME_BYTES = 4  # float32
 
@@ -289,7 +289,6 @@ def run(args: argparse.Namespace) -> dict:
         "scans_per_s": round(n / total, 3),
         "import_scans_per_s": round(n / import_s, 3),
         "jobs": args.jobs,
-        "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "fidelity": fidelity(source, out, mapping),
         "import_report": report,
     }
@@ -310,6 +309,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compress", action="store_true", help="write .nii.gz (about 5x less disk, slower)"
     )
+    p.add_argument("--json", type=Path, help="also write the result (JSON) here")
     return p.parse_args(argv)
 
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except FmrilmError as exc:
         print(f"crossatlas_cohort: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    write_result(args.json, result)
     return 0
 
 

@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ("steps=200", "batch_size=4", "span_patches=2", "warmup=20", "log_every=10",
           "ckpt_every=50")  # fmt: skip
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     def fc_curves() -> dict:
         """The FC few-shot baseline at every K of the LoRA curve (same rows as the eval)."""
         from fmrilm.data.cohort import Cohort
-        from fmrilm.recipes.evaluate import fc_fewshot_curve
+        from fmrilm.evaluation.baselines import fc_fewshot_curve
         from fmrilm.tasks import max_shots, resolve_tasks
 
         cohort = Cohort(args.data)
@@ -300,12 +302,7 @@ def main(argv=None) -> int:
         ),
         "report": str(args.out / "report" / "report.html"),
     }
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json:
-        from fmrilm.io import write_text
-
-        write_text(args.json, text + "\n")
+    write_result(args.json, out)
     return 0
 
 

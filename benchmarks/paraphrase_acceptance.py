@@ -15,16 +15,16 @@ examples.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from _common import write_result
 
 
 def _cli(*args: str) -> None:
@@ -95,15 +95,11 @@ def main() -> None:
         "bf16_autocast": cpu_has_bf16(),
         "first_load_s": round(first_load, 1),
         "cached_load_s": round(cached_load, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "examples": examples[:5],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_result(args.out, result)
     tmp.cleanup()
 
 

@@ -39,13 +39,13 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import peak_rss_mb, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,10 +84,6 @@ FALLBACK_HELDOUT_TEXT = (
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,12 +170,13 @@ def summarise_scores(scores: list[dict]) -> dict:
 
 
 def evaluate_descriptions(model, text_tok, eval_scans, corpus, span_patches, args, bf16):
-    from fmrilm.model.generate import describe_batch, valid_patches
+    from fmrilm.model.generate import describe_batch
+    from fmrilm.tokenizer.codes import complete_steps
 
     windows, vectors = [], []
     for s in eval_scans:
         w = s.codes[0]
-        n = min(span_patches, valid_patches(w))
+        n = min(span_patches, complete_steps(w))
         windows.append(w[:, :n])
         if s.vectors is not None:  # the continuous ablation
             vectors.append(s.vectors[0][:, :n])
@@ -486,11 +483,7 @@ def main(argv=None) -> int:
         "total_s": round(time.perf_counter() - t_start, 1),
         "notes": notes,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_result(args.json, result)
     return 0
 
 

@@ -21,19 +21,66 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import write_result
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _measure(dt: str, args, tok_cfg, scans, replay, peak: float) -> tuple[dict, int]:
+    """Train ``args.warmup_steps + args.steps`` steps at dtype ``dt``: the timed rates and MFU,
+    and the backbone's parameter count outside the embeddings."""
+    import torch
+
+    from fmrilm.config import PretrainConfig
+    from fmrilm.llm.backbones import get_backbone
+    from fmrilm.model.fusion import build_model
+    from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.training import train_joint
+
+    log(f"{dt}: {args.warmup_steps} + {args.steps} steps ...")
+    backbone, text_tok, spec = get_backbone(args.llm)
+    hidden = backbone.get_input_embeddings().weight.shape[1]
+    torch.manual_seed(0)
+    fmri_tok = FMRITokenizer(tok_cfg, llm_dim=hidden)
+    total = args.warmup_steps + args.steps
+    cfg = PretrainConfig(
+        llm=args.llm, steps=total, batch_size=args.batch_size, span_patches=args.span_patches,
+        warmup=1, log_every=1, ckpt_every=10 * total, bf16="on" if dt == "bfloat16" else "off",
+    )  # fmt: skip
+    model, text_tok = build_model(cfg, fmri_tok, backbone, text_tok, spec)
+    n_backbone = sum(
+        p.numel()
+        for n, p in model.backbone.named_parameters()
+        if "embed_tokens" not in n and "lm_head" not in n and "lora_" not in n
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = train_joint(model, text_tok, scans, replay, cfg, tmp, log=lambda s: None)
+        wall = time.perf_counter() - t0
+    timed = summary["history"][args.warmup_steps :]
+    rates = [h["tokens_per_s"] for h in timed]
+    tps = float(np.mean(rates))
+    achieved = 6 * n_backbone * tps
+    result = {
+        "tokens_per_s": round(tps, 1),
+        "tokens_per_s_min_max": [round(min(rates), 1), round(max(rates), 1)],
+        "achieved_gflops": round(achieved / 1e9, 1),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "mfu": round(achieved / peak, 3),
+        "wall_s": round(wall, 1),
+        "final_losses": {k: v for k, v in summary["history"][-1].items() if k.endswith("_loss")},
+    }
+    del model, backbone
+    return result, n_backbone
 
 
 def main(argv=None) -> int:
@@ -50,14 +97,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from fmrilm.config import PretrainConfig, TokenizerConfig
-    from fmrilm.llm.backbones import get_backbone
-    from fmrilm.model.fusion import build_model
+    from fmrilm.config import TokenizerConfig
     from fmrilm.model.replay import load_replay
     from fmrilm.runtime import cpu_has_bf16, matmul_peak_flops
-    from fmrilm.tokenizer import FMRITokenizer
     from fmrilm.tokenizer.codes import ScanCodes
-    from fmrilm.training import train_joint
 
     dtypes = ["float32"] + (["bfloat16"] if cpu_has_bf16() else [])
     peak = {dt: matmul_peak_flops(getattr(torch, dt)) for dt in dtypes}
@@ -77,43 +120,7 @@ def main(argv=None) -> int:
     results = {}
     n_backbone = None
     for dt in dtypes:
-        log(f"{dt}: {args.warmup_steps} + {args.steps} steps ...")
-        backbone, text_tok, spec = get_backbone(args.llm)
-        hidden = backbone.get_input_embeddings().weight.shape[1]
-        torch.manual_seed(0)
-        fmri_tok = FMRITokenizer(tok_cfg, llm_dim=hidden)
-        total = args.warmup_steps + args.steps
-        cfg = PretrainConfig(
-            llm=args.llm, steps=total, batch_size=args.batch_size, span_patches=args.span_patches,
-            warmup=1, log_every=1, ckpt_every=10 * total, bf16="on" if dt == "bfloat16" else "off",
-        )  # fmt: skip
-        model, text_tok = build_model(cfg, fmri_tok, backbone, text_tok, spec)
-        if n_backbone is None:
-            n_backbone = sum(
-                p.numel()
-                for n, p in model.backbone.named_parameters()
-                if "embed_tokens" not in n and "lm_head" not in n and "lora_" not in n
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            summary = train_joint(model, text_tok, scans, replay, cfg, tmp, log=lambda s: None)
-            wall = time.perf_counter() - t0
-        timed = summary["history"][args.warmup_steps :]
-        rates = [h["tokens_per_s"] for h in timed]
-        tps = float(np.mean(rates))
-        achieved = 6 * n_backbone * tps
-        results[dt] = {
-            "tokens_per_s": round(tps, 1),
-            "tokens_per_s_min_max": [round(min(rates), 1), round(max(rates), 1)],
-            "achieved_gflops": round(achieved / 1e9, 1),
-            "matmul_peak_gflops": round(peak[dt] / 1e9, 1),
-            "mfu": round(achieved / peak[dt], 3),
-            "wall_s": round(wall, 1),
-            "final_losses": {
-                k: v for k, v in summary["history"][-1].items() if k.endswith("_loss")
-            },
-        }
-        del model, backbone
+        results[dt], n_backbone = _measure(dt, args, tok_cfg, scans, replay, peak[dt])
     out = {
         "benchmark": "pretrain_speed",
         "llm": args.llm,
@@ -133,19 +140,13 @@ def main(argv=None) -> int:
             if "bfloat16" in results
             else None
         ),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "bf16_native": cpu_has_bf16(),
         },  # fmt: skip
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        from fmrilm.io import write_text
-
-        write_text(args.json, text + "\n")
+    write_result(args.json, out)
     return 0
 
 

@@ -22,23 +22,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb, write_result
 
-def peak_rss_mb() -> dict[str, float]:
-    # ru_maxrss is in KiB on Linux; children = joblib workers (largest one)
-    return {
-        "main_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "largest_worker_mb": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
-        ),
-    }
+
+def peak_rss() -> dict[str, float]:
+    """Peak RSS so far (MiB) of this process and of the largest joblib worker."""
+    return {"main_mb": peak_rss_mb(), "largest_worker_mb": peak_rss_mb(children=True)}
 
 
 def make_nifti(path: Path, n_frames: int, seed: int) -> None:
@@ -96,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
             "scans": rep["added"],
             "seconds": round(dt, 2),
             "scans_per_s": round(rep["added"] / dt, 2),
-            "peak_rss_so_far": peak_rss_mb(),
+            "peak_rss_so_far": peak_rss(),
         }
 
         bids = tmp / "bids"
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             "jobs": args.jobs,
             "seconds": round(dt, 2),
             "scans_per_s": round(added / dt, 2),
-            "peak_rss_so_far": peak_rss_mb(),
+            "peak_rss_so_far": peak_rss(),
         }
 
         t = time.perf_counter()
@@ -131,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             "jobs": args.jobs,
             "seconds": round(dt, 2),
             "scans_per_s": round(rep["scans"] / dt, 1),
-            "peak_rss_so_far": peak_rss_mb(),
+            "peak_rss_so_far": peak_rss(),
         }
 
         cfg = SimulationConfig.preset(args.preset, n_subjects=args.subjects, seed=args.seed)
@@ -186,12 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "classification", test_rows["task"].to_numpy(), oracle_pred, n_boot=args.n_boot
             ),
         }
-    result["peak_rss"] = peak_rss_mb()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return result
+    result["peak_rss"] = peak_rss()
+    return write_result(args.json, result)
 
 
 if __name__ == "__main__":

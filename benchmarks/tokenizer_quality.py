@@ -32,13 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,13 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "encode": enc,
         "crossatlas": crossatlas(tok, sim, work, args.crossatlas_scans, args.jobs),
         "real_hcp": real_hcp(tok, work),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_result(args.json, result)
     return 0
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fmrilm._version import __version__
 from fmrilm.errors import FmrilmError
@@ -75,7 +76,9 @@ def save_checkpoint(
         **meta,
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"fmrilm": json.dumps(info, default=str)})
+        safetensors.torch.save_file(  # looked up at call time (tests simulate a full disk)
+            tensors, str(tmp), metadata={"fmrilm": json.dumps(info, default=str)}
+        )
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:

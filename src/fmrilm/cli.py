@@ -1,6 +1,6 @@
 """Command line: ``fmrilm data import|simulate|info|split``, ``fmrilm corpus build|norms|show``,
 ``fmrilm tokenizer train|encode|inspect``, ``fmrilm pretrain``, ``fmrilm instruct``,
-``fmrilm eval`` and ``fmrilm ask``.
+``fmrilm eval``, ``fmrilm ask`` and ``fmrilm demo``.
 
 Parsing and dispatch only.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 from fmrilm.errors import FmrilmError
@@ -49,6 +50,18 @@ def _fractions(value: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def _config_file(value: str) -> Path:
+    """``--config``: a YAML file, or the name of a config shipped with fmrilm (``demo/tokenizer``)."""
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = files("fmrilm") / "configs" / f"{value}.yaml"
+    return Path(str(shipped)) if shipped.is_file() else path
+
+
+_TASKS_HELP = "comma-separated tasks or phenotype columns (default: all)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fmrilm import __version__
 
@@ -57,10 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"fmrilm {__version__}")
     sub = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    for add in (
+        _add_data_parser, _add_corpus_parser, _add_tokenizer_parser, _add_pretrain_parser,
+        _add_instruct_parser, _add_eval_parser, _add_ask_parser, _add_demo_parser,
+    ):  # fmt: skip
+        add(sub)
+    return p
 
+
+def _add_data_parser(sub) -> None:
     data = sub.add_parser("data", help="import, simulate and inspect cohorts")
     dsub = data.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    _add_import_parser(dsub)
+    _add_simulate_parser(dsub)
+    info = dsub.add_parser("info", help="summarise a cohort folder")
+    info.add_argument("cohort", type=Path)
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    spl = dsub.add_parser("split", help="(re)assign subject-disjoint train/val/test splits")
+    spl.add_argument("cohort", type=Path)
+    _add_split_args(spl)
+    spl.add_argument(
+        "--reassign",
+        action="store_true",
+        help="re-split every subject (breaks earlier models' splits)",
+    )
 
+
+def _add_import_parser(dsub) -> None:
     imp = dsub.add_parser(
         "import",
         help="import fMRI into a cohort folder",
@@ -98,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_split_args(imp)
 
+
+def _add_simulate_parser(dsub) -> None:
     sim = dsub.add_parser("simulate", help="generate a cohort with known ground truth")
     sim.add_argument("--out", required=True, type=Path)
     sim.add_argument("--subjects", type=int, default=200)
@@ -110,18 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess_args(sim, sim_defaults=True)
     _add_split_args(sim)
 
-    info = dsub.add_parser("info", help="summarise a cohort folder")
-    info.add_argument("cohort", type=Path)
-    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
-    spl = dsub.add_parser("split", help="(re)assign subject-disjoint train/val/test splits")
-    spl.add_argument("cohort", type=Path)
-    _add_split_args(spl)
-    spl.add_argument(
-        "--reassign",
-        action="store_true",
-        help="re-split every subject (breaks earlier models' splits)",
-    )
+def _add_corpus_parser(sub) -> None:
     corpus = sub.add_parser("corpus", help="build and inspect the descriptive corpus")
     csub = corpus.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     build = csub.add_parser("build", help="descriptors + texts for every scan of a cohort")
@@ -158,20 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("scan_id")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
 
+
+def _add_tokenizer_parser(sub) -> None:
     tokenizer = sub.add_parser("tokenizer", help="stage 1: train and use the neural tokenizer")
     tsub = tokenizer.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     train = tsub.add_parser(
         "train",
         help="train a tokenizer on a cohort's training split (resumes an interrupted run)",
-        epilog="Settings: see docs/tokenizer.md or configs/tokenizer/default.yaml. Example: "
+        epilog="Settings: see docs/tokenizer.md or the shipped config tokenizer/default "
+        "(--config tokenizer/default). Example: "
         "fmrilm tokenizer train --data runs/sim --corpus runs/corpus --out runs/tok steps=300",
     )
-    train.add_argument("--data", required=True, type=Path, help="cohort folder")
-    train.add_argument("--corpus", type=Path, help="descriptive corpus (for the text alignment)")
-    train.add_argument("--out", required=True, type=Path, help="tokenizer folder")
-    train.add_argument("--config", type=Path, help="YAML file of settings")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_training_args(
+        train, corpus="descriptive corpus (for the text alignment)", out="tokenizer folder"
+    )
     enc = tsub.add_parser("encode", help="encode a cohort into a Parquet token table")
     enc.add_argument("--tokenizer", required=True, type=Path)
     enc.add_argument("--data", required=True, type=Path)
@@ -184,55 +212,64 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--data", type=Path, help="cohort for the reconstruction figure")
     ins.add_argument("--scan", help="scan id for the reconstruction (default: first test scan)")
 
+
+def _add_pretrain_parser(sub) -> None:
     pre = sub.add_parser(
         "pretrain",
         help="stage 2: adapt an LLM to fMRI tokens and text with LoRA (torchrun-ready)",
     )
     pre.add_argument("--tokenizer", required=True, type=Path, help="stage-1 tokenizer folder")
-    pre.add_argument("--data", required=True, type=Path, help="cohort folder")
-    pre.add_argument("--corpus", type=Path, help="descriptive corpus (description objective)")
-    pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--llm", help="backbone name or folder (default smollm2-135m-instruct)")
-    pre.add_argument("--config", type=Path, help="YAML file of settings")
-    pre.add_argument("--quiet", action="store_true", help="no progress bar")
-    pre.add_argument(
-        "--device", default="auto", help="auto (GPU of this process if any, else CPU), cpu, cuda"
-    )
-    pre.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard the frozen backbone across processes (large backbones)",
-    )
-    pre.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_training_args(pre, corpus="descriptive corpus (description objective)", distributed=True)
     pre.set_defaults(command="run")
 
+
+def _add_instruct_parser(sub) -> None:
     ins = sub.add_parser(
         "instruct", help="stage 3: instruction-tune a stage-2 model on questions about scans"
     )
     ins.add_argument("--model", required=True, type=Path, help="stage-2 model folder")
-    ins.add_argument("--data", required=True, type=Path, help="cohort folder")
-    ins.add_argument("--corpus", type=Path, help="descriptive corpus (description/facts tasks)")
-    ins.add_argument("--out", required=True, type=Path)
-    ins.add_argument("--tasks", help="comma-separated tasks or phenotype columns (default: all)")
+    ins.add_argument("--tasks", help=_TASKS_HELP)
     ins.add_argument("--held-out", help="comma-separated tasks never trained (zero-shot tests)")
-    ins.add_argument("--config", type=Path, help="YAML file of settings")
-    ins.add_argument("--quiet", action="store_true", help="no progress bar")
-    ins.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ins.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard the frozen backbone across processes (large backbones)",
-    )
-    ins.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_training_args(ins, corpus="descriptive corpus (description/facts tasks)", distributed=True)
     ins.set_defaults(command="run")
 
+
+def _add_training_args(
+    p: argparse.ArgumentParser, corpus: str, out: str | None = None, distributed: bool = False
+) -> None:
+    """The flags every training command takes (tokenizer train, pretrain, instruct)."""
+    p.add_argument("--data", required=True, type=Path, help="cohort folder")
+    p.add_argument("--corpus", type=Path, help=corpus)
+    p.add_argument("--out", required=True, type=Path, help=out)
+    p.add_argument(
+        "--config",
+        type=_config_file,
+        help="YAML file of settings, or a shipped config's name (e.g. demo/tokenizer)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if distributed:
+        p.add_argument(
+            "--device",
+            default="auto",
+            help="auto (GPU of this process if any, else CPU), cpu, cuda",
+        )
+        p.add_argument(
+            "--fsdp",
+            action="store_true",
+            help="under torchrun: shard the frozen backbone across processes (large backbones)",
+        )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides")
+
+
+def _add_eval_parser(sub) -> None:
     ev = sub.add_parser(
         "eval", help="stage 3: score a model's answers on held-out scans next to baselines"
     )
     ev.add_argument("--model", required=True, type=Path, help="stage-2 or stage-3 model folder")
     ev.add_argument("--data", required=True, type=Path, help="cohort folder")
     ev.add_argument("--corpus", type=Path, help="descriptive corpus (retrieval, corpus tasks)")
-    ev.add_argument("--tasks", help="comma-separated tasks or phenotype columns (default: all)")
+    ev.add_argument("--tasks", help=_TASKS_HELP)
     ev.add_argument(
         "--mode",
         default="zero-shot",
@@ -252,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-scans", type=int, help="evaluate at most N held-out rows per task")
     ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     ev.add_argument("--no-free-text", action="store_true", help="skip free-text answers")
+    _add_eval_prompt_args(ev)
+    ev.add_argument("--no-baselines", action="store_true", help="skip baselines and oracle")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(command="run")
+
+
+def _add_eval_prompt_args(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--multi-question",
         action="store_true",
@@ -268,10 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="time steps of each scan a prompt shows: N, or 'all' for the whole scan (default: "
         "the span the model was tuned on, the first window's first span_patches steps)",
     )
-    ev.add_argument("--no-baselines", action="store_true", help="skip baselines and oracle")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.set_defaults(command="run")
 
+
+def _add_ask_parser(sub) -> None:
     ask = sub.add_parser("ask", help="ask a model a question about one scan")
     ask.add_argument("question", nargs="?", help="free question (or use --task)")
     ask.add_argument("--model", required=True, type=Path)
@@ -287,7 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--max-new-tokens", type=int, default=160)
     ask.set_defaults(command="run")
-    return p
+
+
+def _add_demo_parser(sub) -> None:
+    demo = sub.add_parser(
+        "demo", help="the end-to-end demo on the embedded data (what make demo runs)"
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo-output"))
+    demo.add_argument("--subjects", type=int, default=200)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--jobs", type=int, default=2)
+    for stage, what in (("tokenizer", "stage-1"), ("pretrain", "stage-2"), ("instruct", "stage-3")):
+        demo.add_argument(
+            f"--{stage}-config",
+            type=_config_file,
+            help=f"{what} settings (default: the shipped demo/{stage})",
+        )
+    demo.set_defaults(command="run")
 
 
 def _add_preprocess_args(p: argparse.ArgumentParser, sim_defaults: bool = False) -> None:
@@ -460,6 +519,7 @@ def cmd_corpus_norms(args: argparse.Namespace) -> int:
 
 def cmd_corpus_show(args: argparse.Namespace) -> int:
     from fmrilm.corpus.build import Corpus
+    from fmrilm.corpus.show import format_record
 
     corpus = Corpus(args.corpus)
     row = corpus.row(args.scan_id)
@@ -476,29 +536,6 @@ def cmd_corpus_show(args: argparse.Namespace) -> int:
         return 0
     print(format_record(args.scan_id, record, list(row["texts"])))
     return 0
-
-
-def format_record(scan_id: str, record: dict, texts: list[str]) -> str:
-    lines = [f"scan {scan_id}", ""]
-    family = None
-    for name, d in record.items():
-        if d["family"] != family:
-            family = d["family"]
-            lines.append(f"[{family}]")
-        value = d["value"]
-        shown = (
-            f"{value:.4g}"
-            if isinstance(value, float)
-            else ", ".join(map(str, value))
-            if isinstance(value, list)
-            else str(value)
-        )
-        z = "" if d.get("z") is None else f"  z={d['z']:+.2f}"
-        lines.append(f"  {name:<42} {shown} {d['unit']}{z}")
-    lines.append("")
-    for i, t in enumerate(texts, 1):
-        lines.append(f"text {i}: {t}")
-    return "\n".join(lines)
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
@@ -637,6 +674,7 @@ def _ask_task(model, args: argparse.Namespace):
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from fmrilm.model.fusion import FMRILM
+    from fmrilm.model.qa import format_choice
 
     if not args.question and not args.task:
         raise FmrilmError("give a question or --task NAME")
@@ -663,14 +701,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             scan, question, task.candidate_texts(), atlas=atlas, tr=tr, summary=summary
         )
         print(f"Q: {question}")
-        best = next(iter(probs))
-        if task.kind == "regression":  # as in fmrilm eval: the probability-weighted mean
-            mean = sum(float(c) * p for c, p in probs.items())
-            print(f"A: {mean:.{task.decimals}f} {task.unit}".rstrip() + f"  (mode {best})")
-        else:
-            print(f"A: {best}  (p = {probs[best]:.2f})")
-        for cand, p in list(probs.items())[:8]:
-            print(f"   {p:6.3f}  {cand}")
+        print(format_choice(probs, task.kind, decimals=task.decimals, unit=task.unit))
         return 0
     tuned = (model.info.get("instruct") or {}).get("tasks")
     if not tuned:
@@ -682,6 +713,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
             summary=summary,
         )
     )  # fmt: skip
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fmrilm.recipes.demo import run
+
+    stages = ("tokenizer_config", "pretrain_config", "instruct_config")
+    configs = {k: getattr(args, k) for k in stages if getattr(args, k) is not None}
+    run(args.out, args.subjects, args.seed, args.jobs, **configs)
     return 0
 
 
@@ -700,6 +740,7 @@ COMMANDS = {
     ("instruct", "run"): cmd_instruct,
     ("eval", "run"): cmd_eval,
     ("ask", "run"): cmd_ask,
+    ("demo", "run"): cmd_demo,
 }
 
 

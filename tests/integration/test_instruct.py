@@ -85,7 +85,9 @@ def test_bad_settings_are_refused(stage2):
 
 
 def test_lora_adaptation_uses_k_subjects_per_class_and_is_undone(stage2):
-    from fmrilm.recipes.evaluate import _restore, _snapshot, adapt_to_shots
+    from fmrilm.evaluation.adapt import adapt_to_shots
+    from fmrilm.evaluation.adapt import restore_weights as _restore
+    from fmrilm.evaluation.adapt import snapshot_weights as _snapshot
     from fmrilm.tasks import resolve_tasks
     from fmrilm.tokenizer.codes import encode_split
 
@@ -182,13 +184,11 @@ def test_eval_scores_the_model_next_to_baselines_and_writes_a_report(stage2):
 
 
 def test_eval_with_descriptor_lines_and_full_fine_tuning(stage2):
-    from fmrilm.recipes.evaluate import (
-        _restore,
-        _snapshot,
-        adapt_to_shots,
-        fc_fewshot_curve,
-        run_eval,
-    )
+    from fmrilm.evaluation.adapt import adapt_to_shots
+    from fmrilm.evaluation.adapt import restore_weights as _restore
+    from fmrilm.evaluation.adapt import snapshot_weights as _snapshot
+    from fmrilm.evaluation.baselines import fc_fewshot_curve
+    from fmrilm.recipes.evaluate import run_eval
     from fmrilm.tasks import resolve_tasks
     from fmrilm.tokenizer.codes import encode_split
 
@@ -290,7 +290,7 @@ def test_cli_instruct_eval_and_ask(stage2, capsys):
 
 
 def test_a_prompt_longer_than_the_context_is_refused_not_truncated(stage2):
-    from fmrilm.recipes.evaluate import ContextTooLong, answer_rows
+    from fmrilm.evaluation.scoring import ContextTooLong, answer_rows
     from fmrilm.tasks import resolve_tasks, task_rows
     from fmrilm.tokenizer.codes import encode_split
 

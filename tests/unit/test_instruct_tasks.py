@@ -24,7 +24,9 @@ from fmrilm.tasks import (
     resolve_tasks,
     task_rows,
 )
-from fmrilm.tasks.registry import fact_class, join_candidates, nice_grid
+from fmrilm.tasks.base import join_candidates
+from fmrilm.tasks.facts import fact_class
+from fmrilm.tasks.registry import nice_grid
 
 N_SUBJECTS = 30
 TRAIN, VAL = range(0, 18), range(18, 24)  # the rest are test subjects

@@ -156,10 +156,10 @@ def test_exponent_floats_without_a_dot_are_read_as_numbers(tmp_path):
      ("instruct", "InstructConfig")],
 )  # fmt: skip
 def test_documented_default_configs_equal_the_code_defaults(name, cls_name):
-    from pathlib import Path
+    from importlib.resources import files
 
     import fmrilm.config as config
 
     cls = getattr(config, cls_name)
-    path = Path(__file__).resolve().parents[2] / "configs" / name / "default.yaml"
+    path = files("fmrilm") / "configs" / name / "default.yaml"
     assert config.load_config(cls, path, []) == cls()

@@ -14,6 +14,7 @@ penalty is then fixed (C=1, alpha=1) and the output says so.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,14 +25,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fmrilm.data.cohort import Cohort
+from fmrilm.data.splits import check_splits
 from fmrilm.errors import FmrilmError
 from fmrilm.evaluation.metrics import (
     CLASSIFICATION,
     REGRESSION,
+    repeated_subjects,
     score,
     score_classifier,
     score_regression,
 )
+from fmrilm.evaluation.rows import eval_rows, label_rows, row_groups
+from fmrilm.tasks import summary_fields
 
 MIN_PER_CLASS_FOR_CV = 5  # 5-fold stratified inner CV needs 5 training rows of every class
 MIN_ROWS_FOR_CV = 10  # below this, a leave-one-out choice of the ridge penalty is mostly noise
@@ -60,11 +65,6 @@ def subject_table(cohort: Cohort, label: str, task: str = "rest") -> pd.DataFram
     if rows.empty:
         raise FmrilmError(f"{cohort.root}: no {task!r} scans with a {label!r} label")
     return rows
-
-
-def repeated_subjects(subjects: np.ndarray) -> np.ndarray | None:
-    """``subjects`` when one of them occurs more than once (grouped CV / bootstrap), else None."""
-    return subjects if len(set(subjects)) < len(subjects) else None
 
 
 def label_kind(cohort: Cohort, label: str) -> str:
@@ -219,8 +219,6 @@ def fc_linear_baseline(
     may pass precomputed FC vectors for those rows. The model and the returned keys are those
     of :func:`linear_probe`, plus ``label``, ``test_scans`` and ``test_subjects``.
     """
-    from fmrilm.data.splits import check_splits
-
     check_splits(cohort.manifest)
     rows = subject_table(cohort, label) if rows is None else rows
     X = fc_features(cohort, rows) if features is None else features
@@ -287,8 +285,6 @@ def fewshot_baseline(
     says so) -- and ``per_seed``: [{"seed", "train_subjects", "metrics"}] with each seed's
     full metrics and bootstrap intervals over test subjects.
     """
-    from fmrilm.data.splits import check_splits
-
     check_splits(cohort.manifest)
     if not seeds:
         raise FmrilmError("fewshot_baseline: seeds is empty; pass at least one seed")
@@ -300,20 +296,7 @@ def fewshot_baseline(
     if not len(test_pos):
         raise FmrilmError(f"{cohort.root}: the {test_split} split has no rows labelled {label!r}")
     picks = {seed: _fewshot_pick(pools, k, kind, seed) for seed in seeds}
-    if features is None:
-        needed = np.unique(np.concatenate([test_pos, *picks.values()]))
-        X_needed = fc_features(cohort, rows.iloc[needed])
-        lookup = {int(pos): i for i, pos in enumerate(needed)}
-    else:
-        X_needed, lookup = np.asarray(features), None
-        if len(X_needed) != len(rows):
-            raise FmrilmError(
-                f"features has {len(X_needed)} rows but rows has {len(rows)}; pass one per row"
-            )
-
-    def take(pos: np.ndarray) -> np.ndarray:
-        return X_needed[[lookup[int(p)] for p in pos]] if lookup is not None else X_needed[pos]
-
+    take = _feature_rows(cohort, rows, features, [test_pos, *picks.values()])
     y_all = rows[label].to_numpy()
     subjects = rows["subject"].to_numpy()
     per_seed = []
@@ -347,6 +330,22 @@ def fewshot_baseline(
         "metrics": _seed_summary([s["metrics"] for s in per_seed]),
         "per_seed": per_seed,
     }
+
+
+def _feature_rows(cohort: Cohort, rows: pd.DataFrame, features, positions: list[np.ndarray]):
+    """A function from row positions to their feature rows: ``features`` (one per row of
+    ``rows``) or FC vectors computed once for the rows at ``positions``."""
+    if features is None:
+        needed = np.unique(np.concatenate(positions))
+        X_needed = fc_features(cohort, rows.iloc[needed])
+        lookup = {int(pos): i for i, pos in enumerate(needed)}
+        return lambda pos: X_needed[[lookup[int(p)] for p in pos]]
+    X_all = np.asarray(features)
+    if len(X_all) != len(rows):
+        raise FmrilmError(
+            f"features has {len(X_all)} rows but rows has {len(rows)}; pass one per row"
+        )
+    return lambda pos: X_all[pos]
 
 
 def fewshot_curve(
@@ -476,3 +475,98 @@ def _seed_summary(per_seed: list[dict]) -> dict[str, list]:
             continue
         out[name] = [round(float(np.mean(values)), 4), min(values), max(values)]
     return out
+
+
+# --- a task's baselines on the rows the model is asked about -----------------------------------
+
+
+def fit_probe(X: np.ndarray, task, train_rows, test_rows, n_boot: int) -> dict[str, Any]:
+    """:func:`linear_probe` on features ``X`` of the training rows then the test rows, labels
+    from ``_label``; subject-grouped inner CV and bootstrap where a subject has several rows."""
+    y = pd.concat([train_rows, test_rows])["_label"].to_numpy()
+    if task.kind == "regression":
+        y = y.astype(float)
+    train_mask = np.r_[np.ones(len(train_rows), bool), np.zeros(len(test_rows), bool)]
+    return linear_probe(
+        X, y, train_mask, ~train_mask, task.kind, n_boot=n_boot, groups=row_groups(test_rows),
+        train_groups=row_groups(train_rows),
+    )  # fmt: skip
+
+
+def descriptor_features(corpus, rows: pd.DataFrame) -> np.ndarray:
+    """(n_rows, n_fields) z-values of the descriptor line's fields (0 where a scan lacks one)."""
+    fields = [summary_fields(corpus.record(s)) for s in rows["scan_id"]]
+    names = sorted({k for f in fields for k in f})
+    return np.array([[f.get(k, 0.0) for k in names] for f in fields], dtype=float).reshape(
+        len(rows), len(names)
+    )
+
+
+def task_baselines(
+    cohort, task, train_rows, test_rows, *, n_boot: int, shots: Sequence[int], corpus=None
+):
+    """Majority, FC + linear model, (few-shot) FC curve and, with ``corpus`` (a CorpusView), a
+    linear model on the descriptor values of the descriptor line -- all on the same rows."""
+    methods, notes, curves = {}, [], {}
+    res = _task_majority(task, train_rows, test_rows, n_boot)
+    methods["majority" if task.kind == "classification" else "training mean"] = (res, "baseline")
+    both = pd.concat([train_rows, test_rows])
+    X = fc_features(cohort, both)
+    fc = fit_probe(X, task, train_rows, test_rows, n_boot)
+    methods["FC+LR" if task.kind == "classification" else "FC+ridge"] = (fc, "baseline")
+    if corpus is not None:
+        D = descriptor_features(corpus, both)
+        if D.shape[1]:
+            res = fit_probe(D, task, train_rows, test_rows, n_boot)
+            name = "descriptors+LR" if task.kind == "classification" else "descriptors+ridge"
+            methods[name] = (res, "baseline")
+    if shots and task.kind in ("classification", "regression"):
+        curve, curve_notes = task_fc_curve(cohort, task, both, X, test_rows, shots)
+        curves.update({"FC few-shot": curve} if curve else {})
+        notes += curve_notes
+    return methods, curves, notes
+
+
+def _task_majority(task, train_rows, test_rows, n_boot: int) -> dict[str, Any]:
+    """The training split's most frequent class (regression: its mean) for every test row."""
+    y_train = train_rows["_label"].to_numpy()
+    y_test = test_rows["_label"].tolist()
+    groups = row_groups(test_rows)
+    if task.kind == "classification":
+        values, counts = np.unique(
+            np.asarray(y_train, dtype=object).astype(str), return_counts=True
+        )
+        top = values[np.argmax(counts)]
+        guess = next(v for v in task.values if str(v) == top)
+        return score_classifier(
+            y_test, [guess] * len(y_test), classes=list(task.values), n_boot=n_boot,
+            groups=groups,
+        )  # fmt: skip
+    guess = float(np.mean(y_train.astype(float)))
+    return score_regression(
+        np.asarray(y_test, float), np.full(len(y_test), guess), n_boot=n_boot, groups=groups
+    )
+
+
+def task_fc_curve(cohort, task, both, X, test_rows, shots) -> tuple[dict | None, list[str]]:
+    """The FC few-shot curve on ``both`` (training then test rows, FC features ``X``)."""
+    y = both["_label"].to_numpy()
+    y = y.astype(float) if task.kind == "regression" else y
+    try:
+        curve = fewshot_curve(
+            cohort, task.name, ks=tuple(shots), rows=both.assign(**{task.name: y}), features=X,
+            n_boot=200, train_splits=("train",), test_split=str(test_rows["split"].iloc[0]),
+        )  # fmt: skip
+    except FmrilmError as exc:
+        return None, [f"{task.name}: FC few-shot curve skipped ({exc})"]
+    notes = [f"{task.name}: FC few-shot: {curve['note']}"] if curve.get("note") else []
+    return {k: curve[k] for k in ("k", "metric", "value", "lo", "hi") if k in curve}, notes
+
+
+def fc_fewshot_curve(
+    cohort, task, shots: Sequence[int], *, split: str = "test", max_rows: int | None = None
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The FC few-shot baseline curve alone (as in ``run_eval``'s baselines), and its notes."""
+    test_rows = eval_rows(cohort, task, split, max_rows)
+    both = pd.concat([label_rows(cohort, task, "train"), test_rows])
+    return task_fc_curve(cohort, task, both, fc_features(cohort, both), test_rows, shots)

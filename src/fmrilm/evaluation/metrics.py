@@ -97,6 +97,11 @@ CLASSIFICATION = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, 
 REGRESSION = {"r2": r2, "mae": mae, "pearson": pearson}
 
 
+def repeated_subjects(subjects: np.ndarray) -> np.ndarray | None:
+    """``subjects`` when one of them occurs more than once (grouped CV / bootstrap), else None."""
+    return subjects if len(set(subjects)) < len(subjects) else None
+
+
 def _resamples(rng: np.random.Generator, n: int, n_boot: int, groups=None):
     """Bootstrap row-index blocks of shape (resamples, rows).
 
@@ -267,6 +272,28 @@ def score_classifier(
         without ``proba``; ``confusion`` (rows true, columns predicted, in ``classes`` order);
         ``classes``; ``invalid_rate``; ``n``.
     """
+    t, p, proba, classes = _coded_inputs(y_true, y_pred, proba, classes)
+    out = _interval_scores(t, p, proba, len(classes), n_boot, seed, level, groups)
+    if proba is not None:
+        curve = _reliability(t, proba, n_bins)
+        out["ece"] = round(_ece(curve), 4)
+        out["calibration"] = curve
+    else:
+        out["ece"] = None
+        out["calibration"] = None
+    valid = p != INVALID
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (t[valid], p[valid]), 1)
+    out["confusion"] = confusion.tolist()
+    out["classes"] = [_plain(c) for c in classes]
+    out["invalid_rate"] = round(float(np.mean(~valid)), 4)
+    out["n"] = len(t)
+    return out
+
+
+def _coded_inputs(y_true, y_pred, proba, classes) -> tuple[np.ndarray, np.ndarray, Any, list]:
+    """Checked class codes of ``y_true`` and ``y_pred``, checked ``proba``, the class list."""
     y_true, y_pred = _as_list(y_true), _as_list(y_pred)
     if len(y_true) != len(y_pred):
         raise FmrilmError(f"y_true has {len(y_true)} entries but y_pred has {len(y_pred)}")
@@ -286,17 +313,19 @@ def score_classifier(
         raise FmrilmError(f"classes must be distinct, got {classes}")
     t = _encode(y_true, classes, "y_true")
     p = _encode(y_pred, classes, "y_pred")
-    k = len(classes)
-    n = len(t)
     if proba is not None:
-        proba = _check_proba(proba, n, classes)
+        proba = _check_proba(proba, len(t), classes)
+    return t, p, proba, classes
 
+
+def _interval_scores(t, p, proba, k: int, n_boot: int, seed: int, level: float, groups):
+    """[value, lo, hi] of accuracy, balanced accuracy, F1 (and AUROC with ``proba``)."""
     point = _class_scores(t[None], p[None], k)
     if proba is not None:
         point["auroc"] = _auroc_codes(t[None], proba[None], k)
     boots: dict[str, list[np.ndarray]] = {name: [] for name in point}
     rng = np.random.default_rng(seed)
-    for idx in _resamples(rng, n, n_boot, groups):
+    for idx in _resamples(rng, len(t), n_boot, groups):
         scores = _class_scores(t[idx], p[idx], k)
         if proba is not None:
             scores["auroc"] = _auroc_codes(t[idx], proba[idx], k)
@@ -313,20 +342,6 @@ def score_classifier(
         v = float(point[name][0])
         lo, hi = np.percentile(values, q) if len(values) else (None, None)
         out[name] = [_round(v), _round(lo), _round(hi)]
-    if proba is not None:
-        curve = _reliability(t, proba, n_bins)
-        out["ece"] = round(_ece(curve), 4)
-        out["calibration"] = curve
-    else:
-        out["ece"] = None
-        out["calibration"] = None
-    valid = p != INVALID
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (t[valid], p[valid]), 1)
-    out["confusion"] = confusion.tolist()
-    out["classes"] = [_plain(c) for c in classes]
-    out["invalid_rate"] = round(float(np.mean(~valid)), 4)
-    out["n"] = n
     return out
 
 

@@ -8,8 +8,17 @@ import numpy as np
 import pandas as pd
 
 from fmrilm.data.cohort import Cohort
-from fmrilm.data.simulate import load_truth
-from fmrilm.evaluation.metrics import score
+from fmrilm.data.preprocess import PreprocessConfig, clean
+from fmrilm.data.simulate import (
+    SimulationConfig,
+    hcp_grounding,
+    load_truth,
+    network_patterns,
+    task_events,
+    task_signal,
+)
+from fmrilm.evaluation.metrics import score, score_classifier
+from fmrilm.evaluation.rows import row_groups
 
 ORACLE_COLUMNS = {
     "sex": "oracle_sex",
@@ -44,15 +53,6 @@ def task_oracle(cohort: Cohort, rows: pd.DataFrame) -> np.ndarray:
     noise), rescaled to the stored units. It ignores temporal autocorrelation and motion, so it
     is near-optimal rather than exactly Bayes-optimal.
     """
-    from fmrilm.data.preprocess import PreprocessConfig, clean
-    from fmrilm.data.simulate import (
-        SimulationConfig,
-        hcp_grounding,
-        network_patterns,
-        task_events,
-        task_signal,
-    )
-
     config = SimulationConfig()
     g = hcp_grounding()
     V = network_patterns(config, g.atlas)
@@ -82,3 +82,21 @@ def task_oracle(cohort: Cohort, rows: pd.DataFrame) -> np.ndarray:
                 best, best_llr = task.name, llr
         preds.append(best)
     return np.array(preds)
+
+
+def oracle_for_rows(cohort: Cohort, task, test_rows: pd.DataFrame, *, n_boot: int):
+    """The simulator's best achievable prediction for ``task`` on ``test_rows`` (labels in
+    ``_label``), when it exists: None on a real cohort or for a task the oracle cannot answer."""
+    if not (cohort.root / "simulation").exists() or task.label_from != "column":
+        return None
+    if task.column in ORACLE_COLUMNS:
+        return oracle_scores(cohort, task.column, test_rows["subject"].tolist(), n_boot=n_boot)
+    if task.column == "task":
+        pred = task_oracle(cohort, test_rows)
+        known = {str(v) for v in task.values}
+        pred = [p if p in known else None for p in pred]
+        return score_classifier(
+            test_rows["_label"].tolist(), pred, classes=list(task.values), n_boot=n_boot,
+            groups=row_groups(test_rows),
+        )  # fmt: skip
+    return None

@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from fmrilm.errors import FmrilmError
-from fmrilm.tokenizer.codes import full_windows, scan_text_embeddings
+from fmrilm.evaluation.retrieval import rank_metrics, retrieval_ranks, retrieval_similarities
+from fmrilm.tokenizer.codes import full_windows, scan_texts
+from fmrilm.tokenizer.neural_tokenizer import RoiGeometry
 from fmrilm.tokenizer.quantizer import code_statistics
 
 
@@ -65,10 +68,6 @@ def evaluate_tokenizer(
     ``text_encoder`` maps a list of texts to unit vectors (default: the tokenizer's own frozen
     encoder); retrieval runs only when ``corpus`` is given and the tokenizer is text-aligned.
     """
-    from tqdm.auto import tqdm
-
-    from fmrilm.tokenizer.neural_tokenizer import RoiGeometry
-
     if len(rows) == 0:
         raise FmrilmError("no scans to evaluate (empty split)")
     tok.eval()
@@ -119,46 +118,9 @@ def evaluate_tokenizer(
     out["_r2"] = r2
     if keep_windows:
         out["_windows"] = {a: np.concatenate(w) for a, w in windows.items()}
-    if corpus is not None and _with_texts(corpus, emb_ids) >= 2:
+    if corpus is not None and len(scan_texts(corpus, emb_ids)) >= 2:
         out["retrieval"] = retrieval(np.stack(emb), emb_ids, corpus, tok, text_encoder)
     return out
-
-
-def _with_texts(corpus, scan_ids: list[str]) -> int:
-    table = corpus.table.set_index("scan_id")
-    return sum(
-        1
-        for s in scan_ids
-        if s in table.index and not table.loc[s, "skipped"] and len(table.loc[s, "texts"])
-    )
-
-
-def retrieval_similarities(
-    scan_vecs: np.ndarray, scan_ids: list[str], corpus, tok, text_encoder=None
-) -> tuple[np.ndarray, list[str]]:
-    """Cosine similarities (scans x their descriptions) among the scans with corpus texts.
-
-    A scan's description is its corpus entry: the mean sentence embedding of its text variants,
-    centred with the training texts' mean (as in training). Returns (sims, kept scan ids); the
-    matching pairs are on the diagonal.
-    """
-    from fmrilm.tokenizer.align import embed_texts
-
-    table = corpus.table.set_index("scan_id")
-    keep = [
-        i
-        for i, s in enumerate(scan_ids)
-        if s in table.index and not table.loc[s, "skipped"] and len(table.loc[s, "texts"])
-    ]
-    if len(keep) < 2:
-        raise FmrilmError("retrieval needs at least 2 held-out scans with corpus texts")
-
-    encode = text_encoder or (lambda t: embed_texts(t, tok.config.text_encoder, tok.config.llm))
-    texts = {scan_ids[i]: [str(t) for t in table.loc[scan_ids[i], "texts"]] for i in keep}
-    sids, raw = scan_text_embeddings(texts, encode)
-    order = [sids.index(scan_ids[i]) for i in keep]
-    text_vecs = tok.text_vectors(raw[order]).numpy()
-    return np.asarray(scan_vecs)[keep] @ text_vecs.T, [scan_ids[i] for i in keep]
 
 
 def retrieval(
@@ -168,23 +130,6 @@ def retrieval(
     sims, kept = retrieval_similarities(scan_vecs, scan_ids, corpus, tok, text_encoder)
     ranks = retrieval_ranks(sims)
     return {"candidates": len(kept), **rank_metrics(ranks, len(kept))}
-
-
-def retrieval_ranks(sims: np.ndarray) -> np.ndarray:
-    """1-based rank of the matching column (the diagonal) in each row of ``sims``."""
-    own = np.diag(sims)
-    return (sims > own[:, None]).sum(1) + 1
-
-
-def rank_metrics(ranks: np.ndarray, n: int) -> dict[str, float]:
-    return {
-        "R@1": round(float((ranks <= 1).mean()), 4),
-        "R@5": round(float((ranks <= 5).mean()), 4),
-        "R@10": round(float((ranks <= 10).mean()), 4),
-        "median_rank": float(np.median(ranks)),
-        "chance_R@1": round(1.0 / n, 4),
-        "chance_R@5": round(min(5, n) / n, 4),
-    }
 
 
 def pca_reference(

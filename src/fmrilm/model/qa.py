@@ -203,3 +203,25 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     e = np.exp(s - s.max())
     return e / e.sum()
+
+
+def expected_answer(probs: dict[str, float]) -> float:
+    """A regression task's answer: the probability-weighted mean of its numeric candidates."""
+    return sum(float(c) * p for c, p in probs.items())
+
+
+def format_choice(
+    probs: dict[str, float], kind: str = "classification", decimals: int = 0, unit: str = "",
+    top: int = 8,
+) -> str:  # fmt: skip
+    """``A: ...`` for a closed question, then the ``top`` candidates with their probabilities.
+
+    ``probs`` as :meth:`FMRILM.choose` returns them (most likely first). A regression task
+    answers :func:`expected_answer` (as ``fmrilm eval`` scores it) next to the mode.
+    """
+    best = next(iter(probs))
+    if kind == "regression":
+        answer = f"A: {expected_answer(probs):.{decimals}f} {unit}".rstrip() + f"  (mode {best})"
+    else:
+        answer = f"A: {best}  (p = {probs[best]:.2f})"
+    return "\n".join([answer, *(f"   {p:6.3f}  {c}" for c, p in list(probs.items())[:top])])

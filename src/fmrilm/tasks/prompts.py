@@ -29,14 +29,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from fmrilm.data.cohort import Cohort
+from fmrilm.corpus.text import qualify
 from fmrilm.errors import FmrilmError
-from fmrilm.tasks.registry import Task, as_corpus_view, resolve_tasks, task_rows
+from fmrilm.tasks.base import Task
+from fmrilm.tasks.facts import as_corpus_view
+from fmrilm.tasks.registry import resolve_tasks
+from fmrilm.tasks.rows import task_rows
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fmrilm.data.cohort import Cohort
 
 MULTI_HEADER = "Answer each question on its own numbered line."
 FEWSHOT_INTRO = (
@@ -196,8 +205,6 @@ def descriptor_line(record: dict[str, Any]) -> str | None:
     ``record`` is the scan's corpus record (name -> {"z": ...}). Its words are network names
     and qualifiers only, so no label can enter it.
     """
-    from fmrilm.corpus.text import qualify
-
     fields = summary_fields(record)
 
     def per_network(prefix: str) -> list[tuple[str, float]]:
@@ -307,6 +314,31 @@ def make_example(
     query; few-shot prompts ask a single question. ``describe`` adds each scan's descriptor
     line (:func:`descriptor_line`, read from ``corpus``) after it.
     """
+    tasks, view = _prompt_tasks(tasks, corpus, describe)
+    summary = partial(_summary, view if describe else None)
+    scan_id = row["scan_id"]
+    labels = _labels(tasks, row)
+    question, answer = _question_and_answer(tasks, row, labels, rng)
+    tail = "\n" + summary(scan_id)
+    if context:
+        line = context_line(row, tasks)
+        tail += f"{line}\n" if line else ""
+    segments = _shot_segments(tasks, row, shots, summary) if shots is not None else []
+    segments += [("scan", scan_id), ("text", tail + question)]
+    return InstructionExample(
+        scan_id=scan_id,
+        segments=_merge_text(segments),
+        answer=answer,
+        tasks=tuple(t.name for t in tasks),
+        labels=tuple(labels),
+        candidates=tuple(t.candidate_texts() for t in tasks),
+    )
+
+
+def _prompt_tasks(
+    tasks: Task | Sequence[Task], corpus: Any, describe: bool
+) -> tuple[list[Task], Any]:
+    """The tasks of one prompt (checked, corpus tasks reading ``corpus``) and the corpus view."""
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     if not tasks:
         raise FmrilmError("make_example needs at least one task")
@@ -318,55 +350,61 @@ def make_example(
         tasks = [replace(t, corpus=view) if t.label_from.startswith("corpus") else t for t in tasks]
     if describe and view is None:
         raise FmrilmError("descriptor lines need the corpus (pass --corpus)")
+    return tasks, view
 
-    def summary(scan: str) -> str:
-        line = descriptor_line(view.record(scan)) if describe else None
-        return f"{line}\n" if line else ""
 
-    scan_id = row["scan_id"]
+def _summary(view: Any, scan: str) -> str:
+    """The scan's descriptor line and a newline ("" without a view or a line)."""
+    line = descriptor_line(view.record(scan)) if view is not None else None
+    return f"{line}\n" if line else ""
+
+
+def _labels(tasks: Sequence[Task], row: pd.Series) -> list[Any]:
     labels = []
     for t in tasks:
         raw = t.label(row)
         if raw is None:
-            raise FmrilmError(f"scan {scan_id} has no label for task {t.name!r}")
+            raise FmrilmError(f"scan {row['scan_id']} has no label for task {t.name!r}")
         labels.append(raw)
+    return labels
+
+
+def _question_and_answer(
+    tasks: Sequence[Task], row: pd.Series, labels: Sequence[Any], rng: np.random.Generator
+) -> tuple[str, str]:
+    """The question (numbered when several) and the target reply."""
     questions = [t.question(row, rng) for t in tasks]
     answers = [t.answer(raw) for t, raw in zip(tasks, labels, strict=True)]
     if len(tasks) == 1:
-        question, answer = questions[0], answers[0]
-    else:
-        question = MULTI_HEADER + "\n" + format_answers(questions)
-        answer = format_answers(answers)
-    tail = "\n" + summary(scan_id)
-    if context:
-        line = context_line(row, tasks)
-        tail += f"{line}\n" if line else ""
-    tail += question
-    segments: list[tuple[str, str]] = []
-    if shots is not None and len(shots):
-        if len(tasks) != 1:
-            raise FmrilmError("few-shot prompts ask a single question; got several tasks")
-        _check_fewshot_task(tasks[0])
-        if (shots["subject"] == row["subject"]).any():
-            raise FmrilmError(f"few-shot exemplars include the query subject {row['subject']!r}")
-        segments.append(("text", FEWSHOT_INTRO))
-        for _, shot in shots.iterrows():
-            shot_label = tasks[0].label(shot)
-            if shot_label is None:
-                raise FmrilmError(f"exemplar {shot['scan_id']} has no label for {names[0]!r}")
-            segments.append(("scan", shot["scan_id"]))
-            line = summary(shot["scan_id"])
-            segments.append(("text", f"\n{line}" if line else ""))
-            segments.append(("text", f"{ANSWER_PREFIX}{tasks[0].answer(shot_label)}\n"))
-    segments += [("scan", scan_id), ("text", tail)]
-    return InstructionExample(
-        scan_id=scan_id,
-        segments=_merge_text(segments),
-        answer=answer,
-        tasks=tuple(names),
-        labels=tuple(labels),
-        candidates=tuple(t.candidate_texts() for t in tasks),
-    )
+        return questions[0], answers[0]
+    return MULTI_HEADER + "\n" + format_answers(questions), format_answers(answers)
+
+
+def _shot_segments(
+    tasks: Sequence[Task],
+    row: pd.Series,
+    shots: pd.DataFrame,
+    summary: Callable[[str], str],
+) -> list[tuple[str, str]]:
+    """The few-shot intro and each exemplar scan with its answer (none for no shots)."""
+    if not len(shots):
+        return []
+    if len(tasks) != 1:
+        raise FmrilmError("few-shot prompts ask a single question; got several tasks")
+    task = tasks[0]
+    _check_fewshot_task(task)
+    if (shots["subject"] == row["subject"]).any():
+        raise FmrilmError(f"few-shot exemplars include the query subject {row['subject']!r}")
+    segments = [("text", FEWSHOT_INTRO)]
+    for _, shot in shots.iterrows():
+        shot_label = task.label(shot)
+        if shot_label is None:
+            raise FmrilmError(f"exemplar {shot['scan_id']} has no label for {task.name!r}")
+        segments.append(("scan", shot["scan_id"]))
+        line = summary(shot["scan_id"])
+        segments.append(("text", f"\n{line}" if line else ""))
+        segments.append(("text", f"{ANSWER_PREFIX}{task.answer(shot_label)}\n"))
+    return segments
 
 
 def _merge_text(segments: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -408,44 +446,21 @@ def build_examples(
     description variants. Evaluate with ``multi_question=0`` so every task is scored on exactly
     its own rows.
     """
-    for name, p in (
-        ("multi_question", multi_question),
-        ("context_prob", context_prob),
-        ("descriptor_prob", descriptor_prob),
-    ):
-        if not 0.0 <= p <= 1.0:
-            raise FmrilmError(f"{name} must be a probability in [0, 1], got {p}")
-    if n_per_task is not None and n_per_task < 1:
-        raise FmrilmError(f"n_per_task must be a positive integer, got {n_per_task}")
+    _check_build_args(n_per_task, multi_question, context_prob, descriptor_prob)
     view = as_corpus_view(corpus)
     if descriptor_prob > 0 and view is None:
         raise FmrilmError(
             f"descriptor_prob={descriptor_prob} needs the corpus (pass --corpus, or set "
             "descriptor_prob=0)"
         )
-    if tasks is None:
-        tasks = resolve_tasks(cohort, None, view)
-    else:
-        tasks = [resolve_tasks(cohort, [t], view)[0] if isinstance(t, str) else t for t in tasks]
-    tasks = [_for_build(t, view, seed) for t in tasks]
+    tasks = [_for_build(t, view, seed) for t in _resolve(cohort, tasks, view)]
     rng = np.random.default_rng(seed)
     examples = []
     for task in tasks:
         rows = task_rows(cohort, task, split)
-        order = _draw(len(rows), n_per_task, rng)
-        for i in order:
+        for i in _draw(len(rows), n_per_task, rng):
             row = rows.iloc[int(i)]
-            asked = [task]
-            if task.kind != "text" and rng.random() < multi_question:
-                others = [
-                    t
-                    for t in tasks
-                    if t is not task and t.kind != "text" and t.label(row) is not None
-                ]
-                if others:
-                    m = int(rng.integers(1, min(MAX_QUESTIONS - 1, len(others)) + 1))
-                    asked += [others[j] for j in rng.choice(len(others), m, replace=False)]
-                    asked = [asked[j] for j in rng.permutation(len(asked))]
+            asked = _asked(task, tasks, row, multi_question, rng)
             examples.append(
                 make_example(
                     asked, row, rng, corpus=view, context=rng.random() < context_prob,
@@ -453,6 +468,41 @@ def build_examples(
                 )
             )  # fmt: skip
     return [examples[i] for i in rng.permutation(len(examples))]
+
+
+def _check_build_args(n_per_task: int | None, *probabilities: float) -> None:
+    names = ("multi_question", "context_prob", "descriptor_prob")
+    for name, p in zip(names, probabilities, strict=True):
+        if not 0.0 <= p <= 1.0:
+            raise FmrilmError(f"{name} must be a probability in [0, 1], got {p}")
+    if n_per_task is not None and n_per_task < 1:
+        raise FmrilmError(f"n_per_task must be a positive integer, got {n_per_task}")
+
+
+def _resolve(cohort: Cohort, tasks: Sequence[Task | str] | None, view: Any) -> list[Task]:
+    """Tasks as given, names resolved (None: every task that applies)."""
+    if tasks is None:
+        return resolve_tasks(cohort, None, view)
+    return [resolve_tasks(cohort, [t], view)[0] if isinstance(t, str) else t for t in tasks]
+
+
+def _asked(
+    task: Task,
+    tasks: Sequence[Task],
+    row: pd.Series,
+    multi_question: float,
+    rng: np.random.Generator,
+) -> list[Task]:
+    """``task``, and with probability ``multi_question`` up to 3 other non-text tasks that
+    label ``row``, in a random order (text tasks are always asked alone)."""
+    if task.kind == "text" or rng.random() >= multi_question:
+        return [task]
+    others = [t for t in tasks if t is not task and t.kind != "text" and t.label(row) is not None]
+    if not others:
+        return [task]
+    m = int(rng.integers(1, min(MAX_QUESTIONS - 1, len(others)) + 1))
+    asked = [task] + [others[j] for j in rng.choice(len(others), m, replace=False)]
+    return [asked[j] for j in rng.permutation(len(asked))]
 
 
 def _for_build(task: Task, corpus: Any, seed: int) -> Task:
