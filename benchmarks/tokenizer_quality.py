@@ -4,7 +4,7 @@ Steps (each reuses its output folder under ``--work`` when it exists, so reruns 
 
 1. simulate a cohort (``--subjects``, subject-disjoint train/val/test splits) and build its
    descriptive corpus;
-2. train a tokenizer with ``--config`` (default ``configs/tokenizer/default.yaml``) on the
+2. train a tokenizer with ``--config`` (default ``src/fmrilm/configs/tokenizer/default.yaml``) on the
    training split, timed (``--retrain`` forces a fresh run);
 3. on the **test** subjects: reconstruction R² (pooled; predicting each ROI's held-out mean
    scores 0 by construction, and the training-split mean is reported too), code usage and
@@ -22,7 +22,7 @@ Steps (each reuses its output folder under ``--work`` when it exists, so reruns 
 Usage::
 
     python benchmarks/tokenizer_quality.py [--subjects 200] [--work runs/bench_tok]
-        [--config configs/tokenizer/default.yaml] [--json benchmarks/results/tokenizer_quality.json]
+        [--config src/fmrilm/configs/tokenizer/default.yaml] [--json benchmarks/results/tokenizer_quality.json]
 
 Prints one JSON object.
 """
@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=200)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_tokenizer")
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "tokenizer" / "default.yaml")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "src" / "fmrilm" / "configs" / "tokenizer" / "default.yaml",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--crossatlas-scans", type=int, default=40)
